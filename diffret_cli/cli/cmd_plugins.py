@@ -1,0 +1,47 @@
+"""``diffret plugins``: what is installed, from where, and whether it loads."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from diffret_cli.registry import KINDS, registry
+
+
+@click.group()
+def plugins() -> None:
+    """List and inspect installed plugins.
+
+    \b
+    Examples:
+      diffret plugins list
+      diffret plugins list --kind samplers --load
+      DIFFRET_DISABLE_PLUGIN_AUTOLOAD=1 diffret plugins list   # built-ins only
+    """
+
+
+@plugins.command("list")
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only this kind.")
+@click.option("--load/--no-load", default=False,
+              help="Import every plugin to report import errors (default: names only).")
+def list_cmd(kind: str | None, load: bool) -> None:
+    """Print a table: kind, name, distribution, version, status."""
+    reg = registry()
+    entries = reg.entries(kind)
+    if load:
+        for e in entries:
+            try:
+                reg.get(e.kind, e.name)
+            except Exception:  # noqa: BLE001 - reported in the table
+                pass
+    table = Table(title="diffret plugins")
+    for col in ("kind", "name", "distribution", "version", "status"):
+        table.add_column(col)
+    for e in entries:
+        status = e.status if not e.error else f"[red]error[/red]: {e.error}"
+        table.add_row(e.kind, e.name, e.distribution, e.version, status)
+    console = Console()
+    console.print(table)
+    for c in reg.conflicts:
+        console.print(f"[red]conflict[/red]: {c}")
