@@ -1,0 +1,103 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json``, written atomically, loaded strictly.
+
+``config.json`` holds the model config with every plugin's registered name, arguments
+and version, so :func:`load_model` rebuilds the model from the config alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffret_cli import __version__
+from diffret_cli.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model, directory: Path, *, extra: dict | None = None) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/config.json``."""
+    directory = Path(directory)
+    cfg = model.full_config()
+    cfg["diffret_version"] = __version__
+    if extra:
+        cfg["extra"] = extra
+    atomic_save_tensors(directory / MODEL_FILE, model.state_dict(), metadata={"format": cfg["format"]})
+    atomic_write_json(directory / CONFIG_FILE, cfg)
+    return directory
+
+
+def resolve_checkpoint_dir(path: Path) -> Path:
+    """Accept a checkpoint dir, its model.safetensors, or a run dir (its best checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+        return path
+    for sub in ("checkpoints/best", "checkpoints/stage2/best", "checkpoints/stage1/best", "checkpoints/last"):
+        if (path / sub / CONFIG_FILE).is_file():
+            return path / sub
+    raise CheckpointError(f"no diffret checkpoint at {path} (expected {CONFIG_FILE} and {MODEL_FILE})",
+                          hint="pass a run directory from `diffret train` or a checkpoint directory; "
+                          "convert official weights with `diffret convert best.pth OUT_DIR`")
+
+
+def load_model(path: Path, *, map_location: str | torch.device = "cpu"):
+    from diffret_cli.convert import load_strict
+    from diffret_cli.model.diffusionret import DiffusionRet
+
+    directory = resolve_checkpoint_dir(path)
+    try:
+        cfg = json.loads((directory / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}",
+                              hint="the checkpoint is corrupt; use another one") from exc
+    cfg.pop("diffret_version", None)
+    cfg.pop("extra", None)
+    model = DiffusionRet(cfg, load_pretrained=False)
+    state = load_file(str(directory / MODEL_FILE), device=str(map_location))
+    load_strict(model, state, source=str(directory / MODEL_FILE))
+    return model

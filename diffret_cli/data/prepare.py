@@ -1,0 +1,608 @@
+"""``diffret data prepare``: annotations + videos in, manifests + frame cache out.
+
+The pipeline, in the order that keeps failures cheap:
+
+1. resolve the plugin and the source folder (``--source``, else ``<root>/<name>/source``,
+   else the download path);
+2. parse **every** requested split first: a malformed annotation file raises
+   :class:`AnnotationError` before a single video is touched or a folder created;
+3. one work item per unique video, run in worker processes: locate the file, decode
+   and sample it (``fps``, ``short_side``), write its frames to the cache atomically
+   (or, for a generated dataset, ``plugin.generate(entry)``). A bad video (missing,
+   empty, corrupt, no video stream, even one that crashes the decoder) is recorded
+   with its reason and never stops the run;
+4. write one manifest per split, ``prepared.json`` (last: its presence means "done"),
+   and ``prepare_report.json`` listing every skipped item and parser problem.
+
+Re-running is cheap and safe: videos whose cache file exists with the same settings
+and source file are reported as cached and not decoded again; the manifests come out
+the same. An interrupted run leaves only complete cache files behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from diffret_cli.data.framecache import DEFAULT_QUALITY, FrameCache, CachedItem
+from diffret_cli.data.manifest import (USABLE, read_prepared_json, reason_code, write_prepared_json,
+                                       write_split_manifest)
+from diffret_cli.data.paths import REPORT_JSON, atomic_write_text, dataset_dir, frames_dir, is_temp_name, \
+    manifests_dir, source_dir
+from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
+from diffret_cli.errors import ConfigError, DecodeError, DiffretError
+from diffret_cli.interfaces import DatasetPlugin
+
+#: bump when the meaning of cached frames changes, so old caches are rebuilt
+CACHE_VERSION = 1
+
+
+# ------------------------------------------------------------------------------ report
+@dataclass
+class SplitSummary:
+    """Per-split counts shown in the summary table and stored in prepared.json."""
+
+    split: str
+    protocol: str
+    videos: int = 0
+    ok: int = 0
+    partial: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason code -> count
+    captions: int = 0  # captions of usable videos
+    captions_total: int = 0  # captions of every video in the annotations
+    cached: int = 0  # usable videos found already in the cache (not decoded again)
+    frames: int = 0
+    problems: int = 0  # parser-level per-item problems
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` did; also written to ``<root>/<name>/prepare_report.json``."""
+
+    dataset: str
+    prepared_dir: str
+    source: str
+    settings: dict[str, Any]
+    splits: dict[str, SplitSummary]
+    skipped: list[dict[str, str]]  # split, video_id, reason, detail, file
+    problems: list[dict[str, str]]  # split, item, reason, detail, file (from the parser)
+    videos: int = 0  # unique videos
+    decoded: int = 0  # unique videos decoded (or generated) in this run
+    cached: int = 0  # unique videos already in the cache
+    frames_written: int = 0
+    seconds: float = 0.0
+    report_path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name, s in self.splits.items():
+            d["splits"][name]["skipped_total"] = s.num_skipped
+        return d
+
+
+# ------------------------------------------------------------------------------ plugin
+def make_plugin(name: str, options: dict[str, Any] | None = None) -> DatasetPlugin:
+    """The dataset plugin ``name`` built with ``options`` (``--option key=value``)."""
+    from diffret_cli.registry import registry
+
+    obj = registry().get("datasets", name)
+    if isinstance(obj, DatasetPlugin):
+        if options:
+            obj = type(obj)(**{**obj.config(), **options})
+        return obj
+    return registry().create("datasets", name, **(options or {}))
+
+
+def is_generated(plugin: DatasetPlugin) -> bool:
+    """True for datasets whose frames come from ``plugin.generate`` instead of files."""
+    return type(plugin).generate is not DatasetPlugin.generate
+
+
+def _plugin_version(plugin: DatasetPlugin, name: str) -> str:
+    from diffret_cli.registry import plugin_version
+
+    version = plugin_version("datasets", name)
+    if version == "-":
+        version = str(getattr(plugin, "version", "-"))
+    return version
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ worker
+@dataclass
+class _WorkerState:
+    plugin: DatasetPlugin
+    source: Path
+    frames_root: Path
+    fps: float
+    short_side: int
+    quality: int
+    generated: bool
+    plugin_fp: str
+
+
+_STATE: _WorkerState | None = None
+
+
+def _init_worker(state: _WorkerState) -> None:
+    global _STATE
+    _STATE = state
+
+
+def _skip(video_id: str, code: str, detail: str = "", path: str = "") -> dict[str, Any]:
+    return {"video_id": video_id, "status": "skipped", "reason": code + (f": {detail}" if detail else ""),
+            "video_path": path, "duration": None, "num_frames": 0, "cached": False, "written": 0}
+
+
+def _from_cache(video_id: str, item: CachedItem, path: str) -> dict[str, Any]:
+    return {"video_id": video_id, "status": item.get("status", "ok"), "reason": item.get("reason", ""),
+            "video_path": path, "duration": item.get("duration"), "num_frames": item.num_frames,
+            "cached": True, "written": 0}
+
+
+def _settings_key(st: _WorkerState, entry: VideoEntry, source_fp: str) -> dict[str, Any]:
+    """What must match for a cached file to be reused."""
+    return {"cache_version": CACHE_VERSION, "fps": st.fps, "short_side": st.short_side, "quality": st.quality,
+            "start": entry.start, "end": entry.end, "source_fp": source_fp}
+
+
+def _is_current(item: CachedItem | None, key: dict[str, Any]) -> bool:
+    return item is not None and all(item.get(k) == v for k, v in key.items())
+
+
+def _downscale(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """Shrink (never enlarge) so the short side is ``short_side``; bicubic like CLIP's transform."""
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    if min(h, w) <= short_side:
+        return frames
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
+
+
+def process_video(entry: VideoEntry) -> dict[str, Any]:
+    """One work item (runs in a worker): frames of ``entry`` into the cache; a small result dict.
+
+    Never raises for a problem with the video itself; that becomes a ``skipped`` result.
+    """
+    st = _STATE
+    assert st is not None, "worker not initialised"
+    vid = entry.video_id
+    cache = FrameCache(st.frames_root, quality=st.quality, codec="png" if st.generated else "jpeg")
+    if st.generated:
+        key = _settings_key(st, entry, _fingerprint([st.plugin_fp, entry.to_dict()]))
+        item = cache.info(vid)
+        if _is_current(item, key):
+            return _from_cache(vid, item, "")
+        frames = st.plugin.generate(entry)
+        if frames is None or len(frames) == 0:
+            return _skip(vid, "no-frames", "the generator returned no frames")
+        frames = _downscale(np.ascontiguousarray(frames, dtype=np.uint8), st.short_side)
+        ts = np.arange(len(frames), dtype=np.float64) / st.fps
+        meta = {**key, "status": "ok", "reason": "", "duration": len(frames) / st.fps, "backend": "generated"}
+        cache.write(vid, frames, ts, metadata=meta)
+        return {"video_id": vid, "status": "ok", "reason": "", "video_path": "", "duration": meta["duration"],
+                "num_frames": len(frames), "cached": False, "written": len(frames)}
+
+    try:
+        path = st.plugin.locate_video(st.source, entry)
+    except (DiffretError, OSError) as exc:
+        return _skip(vid, "missing-video", str(exc).replace("\n", " "))
+    if path is None or not Path(path).is_file():
+        return _skip(vid, "missing-video", f"no video file for {vid!r} under {st.source}")
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return _skip(vid, "empty-file", "0 bytes", str(path))
+    key = _settings_key(st, entry, _fingerprint([path.name, size]))
+    item = cache.info(vid)
+    if _is_current(item, key):
+        return _from_cache(vid, item, str(path))
+    from diffret_cli.data.video import decode_sampled
+
+    try:
+        dec = decode_sampled(path, fps=st.fps, short_side=st.short_side, start=entry.start, end=entry.end,
+                             min_frames=1)
+    except DecodeError as exc:
+        code = getattr(exc, "reason", None) or ("no-video-stream" if "no video stream" in exc.message.lower()
+                                                else "decode-error")
+        return _skip(vid, code, exc.message.replace("\n", " "), str(path))
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the run
+        return _skip(vid, "decode-error", f"{type(exc).__name__}: {exc}".replace("\n", " "), str(path))
+    frames = np.asarray(dec.frames)
+    if frames.ndim != 4 or len(frames) == 0:
+        return _skip(vid, "decode-error", f"decoder returned frames of shape {frames.shape}", str(path))
+    duration = _span(dec, entry)
+    status = "partial" if dec.partial else "ok"
+    reason = ""
+    if dec.partial:
+        reason = "partial: " + ("; ".join(str(w) for w in dec.warnings) or "decoding stopped early")
+    meta = {**key, "status": status, "reason": reason, "duration": duration, "backend": str(dec.backend)}
+    cache.write(vid, frames, dec.timestamps, metadata=meta)
+    return {"video_id": vid, "status": status, "reason": reason, "video_path": str(path), "duration": duration,
+            "num_frames": len(frames), "cached": False, "written": len(frames)}
+
+
+def _span(dec: Any, entry: VideoEntry) -> float | None:
+    """Seconds of video the frames cover: the clip for ``start``/``end`` entries, else the file."""
+    total = getattr(getattr(dec, "info", None), "duration", None)
+    total = float(total) if total else None
+    if entry.start is None and entry.end is None:
+        return total
+    start = entry.start or 0.0
+    end = entry.end if entry.end is not None else total
+    if end is None:
+        return None
+    if total is not None:
+        end = min(end, total)
+    return max(0.0, end - start)
+
+
+# ---------------------------------------------------------------------------- running
+def _mp_context():
+    """forkserver where available: workers fork from a clean server, not from a parent that
+    already runs threads (rich's progress refresh, torch's pools)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
+              on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``process_video`` over ``entries`` with at most ``2 * workers`` items in flight.
+
+    Keeping the window small means that when a decoder crashes its process (a segfault
+    in a codec), only the few in-flight items are in doubt: each is retried alone, and
+    the one that crashes again is recorded as ``decoder-crash``.
+    """
+    ctx = _mp_context()
+    if ctx.get_start_method() == "forkserver":
+        mods = ["diffret_cli.data.prepare", type(state.plugin).__module__]
+        ctx.set_forkserver_preload([m for m in mods if m != "__main__"])
+    todo = list(reversed(entries))
+    doubtful: list[VideoEntry] = []
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(state,))
+        inflight: dict[Future, VideoEntry] = {}
+        try:
+            broken = False
+            while (todo or inflight) and not broken:
+                while todo and len(inflight) < 2 * workers:
+                    entry = todo.pop()
+                    inflight[pool.submit(process_video, entry)] = entry
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    entry = inflight.pop(fut)
+                    try:
+                        on_result(fut.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        doubtful.append(entry)
+            if broken:
+                doubtful.extend(inflight.values())
+                inflight.clear()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        for entry in doubtful:  # alone, so a crash names its culprit
+            on_result(_run_isolated(entry, state, ctx))
+        doubtful.clear()
+
+
+def _run_isolated(entry: VideoEntry, state: _WorkerState, ctx) -> dict[str, Any]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(state,)) as pool:
+        try:
+            return pool.submit(process_video, entry).result()
+        except BrokenProcessPool:
+            return _skip(entry.video_id, "decoder-crash", "the decoder process died on this video")
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            frames = task.fields.get("frames", 0)
+            elapsed = task.elapsed or 0.0
+            fps = f", {frames / elapsed:.0f} frames/s" if elapsed > 0 and frames else ""
+            return Text(f"{speed:.1f} videos/s{fps}" if speed else "-", style="progress.data.speed")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)
+
+
+# ------------------------------------------------------------------------------ source
+def _required_files(plugin: DatasetPlugin, splits: Iterable[str]) -> list[str]:
+    files: list[str] = []
+    for s in splits:
+        files.extend(f for f in plugin.annotation_files(s) if f not in files)
+    return files
+
+
+def _has_files(base: Path, files: list[str]) -> bool:
+    return bool(files) and all((base / f).exists() for f in files)
+
+
+def find_source_root(base: Path, files: list[str], *, depth: int = 2) -> Path | None:
+    """``base`` or the shallowest folder below it holding every one of ``files``.
+
+    Archives often unpack into a folder of their own (``msrvtt_data/...``).
+    """
+    level = [base]
+    for _ in range(depth + 1):
+        for d in level:
+            if _has_files(d, files):
+                return d
+        level = sorted(c for d in level if d.is_dir() for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
+    return None
+
+
+def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathLike | None,
+                   splits: list[str], *, progress: bool) -> Path:
+    """The folder holding the dataset's files, downloading them if nothing is given or present."""
+    files = _required_files(plugin, splits)
+    if source is not None:
+        src = Path(source).expanduser().absolute()
+        if not src.is_dir():
+            raise DiffretError(f"--source {src} is not a directory",
+                               hint="pass the folder that holds the annotation files and videos")
+        return src
+    if not files:  # generated dataset: nothing to read
+        return source_dir(prepared)
+    local = source_dir(prepared)
+    found = find_source_root(local, files) if local.is_dir() else None
+    if found is not None:
+        return found
+    from diffret_cli.data.download import fetch_sources
+
+    fetched = fetch_sources(plugin, prepared, progress=progress)
+    found = find_source_root(fetched, files)
+    if found is None:
+        raise DiffretError(f"downloaded files for {plugin.name!r} under {fetched} do not include "
+                           f"{', '.join(files)}",
+                           hint="place the annotation files there by hand, or pass --source DIR")
+    return found
+
+
+# ----------------------------------------------------------------------------- prepare
+def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.PathLike | None = None,
+            fps: float = 1.0, short_side: int = 224, workers: int | None = None,
+            splits: Iterable[str] | None = None, plugin_options: dict[str, Any] | None = None,
+            progress: bool = True, quality: int = DEFAULT_QUALITY) -> PrepareReport:
+    """Prepare dataset ``name`` under ``data_root`` (see :mod:`diffret_cli.data.paths`).
+
+    ``workers`` processes decode in parallel (default ``min(8, cpu count)``; 1 runs in
+    this process). ``splits`` limits the work to some splits (default: all of them).
+    Returns the :class:`PrepareReport`, also written as ``prepare_report.json``.
+    """
+    t0 = time.perf_counter()
+    if not fps > 0:
+        raise ConfigError(f"--fps must be > 0, got {fps}", hint="use e.g. --fps 1 (DiffusionRet) or --fps 3")
+    if int(short_side) < 16:
+        raise ConfigError(f"--short-side must be >= 16, got {short_side}", hint="use e.g. --short-side 224")
+    if workers is not None and int(workers) < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}", hint="omit it for min(8, cpu count)")
+    fps, short_side = float(fps), int(short_side)
+    workers = int(workers) if workers else min(8, os.cpu_count() or 1)
+
+    plugin = make_plugin(name, plugin_options)
+    wanted = list(plugin.splits) if not splits else list(dict.fromkeys(splits))
+    unknown = [s for s in wanted if s not in plugin.splits]
+    if unknown:
+        raise ConfigError(f"dataset {name!r} has no split {', '.join(map(repr, unknown))}; "
+                          f"available: {', '.join(plugin.splits)}", hint="pick splits from that list with --split")
+    root = dataset_dir(data_root, name)
+    src = resolve_source(plugin, root, source, wanted, progress=progress)
+
+    # 2. every split parsed before any video work (AnnotationError propagates from here).
+    annotations: dict[str, SplitAnnotations] = {s: plugin.load_split(src, s) for s in wanted}
+
+    # 3. unique videos across splits, first occurrence wins.
+    unique: dict[str, VideoEntry] = {}
+    extra_problems: list[tuple[str, ItemProblem]] = []
+    for s, ann in annotations.items():
+        for e in ann.videos:
+            first = unique.setdefault(e.video_id, e)
+            if (first.start, first.end) != (e.start, e.end):
+                extra_problems.append((s, ItemProblem(e.video_id, "conflicting-clip",
+                                                      f"also listed with start/end {first.start}/{first.end}; "
+                                                      "the first listing is used")))
+    generated = is_generated(plugin)
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root):
+        _sweep_temp(frames_dir(root))
+        state = _WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
+                             _fingerprint([name, plugin.config()]))
+        results: dict[str, dict[str, Any]] = {}
+        entries = list(unique.values())
+        with _progress(progress) as bar:
+            task = bar.add_task(f"prepare {name}", total=len(entries), frames=0)
+            frames_done = 0
+
+            def on_result(r: dict[str, Any]) -> None:
+                nonlocal frames_done
+                results[r["video_id"]] = r
+                frames_done += r["written"]
+                bar.update(task, advance=1, frames=frames_done)
+
+            if workers == 1 or len(entries) <= 1:
+                _init_worker(state)
+                for e in entries:
+                    on_result(process_video(e))
+            else:
+                _run_pool(entries, state, min(workers, len(entries)), on_result)
+
+        # 4. manifests, prepared.json, report.
+        report = _write_outputs(name, plugin, root, src, annotations, results, extra_problems,
+                                fps=fps, short_side=short_side, quality=int(quality), generated=generated)
+    report.seconds = time.perf_counter() - t0
+    report.videos = len(entries)
+    report.cached = sum(1 for r in results.values() if r["cached"])
+    report.decoded = sum(1 for r in results.values() if r["written"])
+    report.frames_written = sum(r["written"] for r in results.values())
+    atomic_write_text(Path(report.report_path), json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
+                   annotations: dict[str, SplitAnnotations], results: dict[str, dict[str, Any]],
+                   extra_problems: list[tuple[str, ItemProblem]], *, fps: float, short_side: int,
+                   quality: int, generated: bool) -> PrepareReport:
+    summaries: dict[str, SplitSummary] = {}
+    skipped: list[dict[str, str]] = []
+    problems: list[dict[str, str]] = []
+    for s, ann in annotations.items():
+        summary = SplitSummary(s, ann.protocol, videos=len(ann.videos), captions_total=ann.num_captions,
+                               problems=len(ann.problems))
+        rows = []
+        for e in ann.videos:
+            r = results[e.video_id]
+            rows.append({"video_id": e.video_id, "captions": list(e.captions), "video_path": r["video_path"],
+                         "duration": r["duration"], "fps": fps, "num_frames": r["num_frames"],
+                         "status": r["status"], "reason": r["reason"], "filename": e.filename or "",
+                         "start": e.start, "end": e.end})
+            if r["status"] in USABLE:
+                setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
+                summary.captions += len(e.captions)
+                summary.frames += r["num_frames"]
+                summary.cached += int(r["cached"])
+            else:
+                code = reason_code(r["reason"])
+                summary.skipped[code] = summary.skipped.get(code, 0) + 1
+                detail = r["reason"].split(":", 1)[1].strip() if ":" in r["reason"] else ""
+                skipped.append({"split": s, "video_id": e.video_id, "reason": code, "detail": detail,
+                                "file": r["video_path"]})
+        summary.skipped = dict(sorted(summary.skipped.items()))
+        write_split_manifest(root, s, rows)
+        summaries[s] = summary
+        for p in ann.problems:
+            problems.append({"split": s, **asdict(p)})
+    for s, p in extra_problems:
+        problems.append({"split": s, **asdict(p)})
+        summaries[s].problems += 1
+
+    previous = read_prepared_json(root) or {}
+    plugin_config = json.loads(json.dumps(plugin.config(), default=str))
+    same = (previous.get("fps") == fps and previous.get("short_side") == short_side
+            and previous.get("plugin_config") == plugin_config)
+    split_info = {k: v for k, v in previous.get("splits", {}).items() if same and k not in summaries}
+    for k in previous.get("splits", {}):
+        if k not in summaries and k not in split_info:  # made with other settings: drop it
+            import shutil
+
+            shutil.rmtree(manifests_dir(root) / k, ignore_errors=True)
+    for s, sm in summaries.items():
+        split_info[s] = {"protocol": sm.protocol, "videos": sm.videos, "ok": sm.ok, "partial": sm.partial,
+                         "skipped": sm.num_skipped, "captions": sm.captions, "frames": sm.frames}
+    split_info = {k: split_info[k] for k in [*plugin.splits, *sorted(split_info)] if k in split_info}
+    settings = {"fps": fps, "short_side": short_side, "codec": "png" if generated else "jpeg",
+                "jpeg_quality": quality}
+    write_prepared_json(root, {
+        "dataset": name,
+        "plugin_config": plugin_config,
+        "plugin_version": _plugin_version(plugin, name),
+        "generated": generated,
+        "decoder": {"backend": "generated"} if generated else _decoder_settings(),
+        "fps": fps,
+        "short_side": short_side,
+        "frame_codec": settings["codec"],
+        "jpeg_quality": quality,
+        "cache_version": CACHE_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": "" if generated else str(src),
+        "protocol": plugin.protocol,
+        "max_words": plugin.max_words,
+        "max_frames": plugin.max_frames,
+        "splits": split_info,
+    })
+    return PrepareReport(dataset=name, prepared_dir=str(root), source="" if generated else str(src),
+                         settings=settings, splits=summaries, skipped=skipped, problems=problems,
+                         report_path=str(root / REPORT_JSON))
+
+
+def _decoder_settings() -> dict[str, Any]:
+    from diffret_cli.data.video import decoder_settings
+
+    return json.loads(json.dumps(decoder_settings(), default=str))
+
+
+@contextlib.contextmanager
+def _lock(root: Path):
+    """One ``prepare`` per dataset folder at a time (two would sweep each other's temp files)."""
+    path = root / ".prepare.lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory lock, run one at a time
+            yield
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise DiffretError(f"another `diffret data prepare` is running on {root}",
+                               hint=f"wait for it to finish (or remove {path} if no such process exists)") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def _sweep_temp(frames: Path) -> int:
+    """Delete temp files left by an interrupted run (safe: we hold the dataset lock)."""
+    removed = 0
+    if not frames.is_dir():
+        return 0
+    for shard in frames.iterdir():
+        if shard.is_dir():
+            for f in shard.iterdir():
+                if is_temp_name(f.name):
+                    f.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+# ----------------------------------------------------------------------------- summary
+def summary_table(report: PrepareReport):
+    """A rich Table: per split, videos ok / partial / skipped by reason, captions."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.dataset}: prepared in {report.seconds:.1f} s "
+                        f"({report.decoded} decoded, {report.cached} cached, {report.frames_written} frames written)")
+    for col in ("split", "protocol", "videos", "ok", "partial", "skipped", "captions", "frames"):
+        table.add_column(col, justify="left" if col in ("split", "protocol", "skipped") else "right")
+    for s in report.splits.values():
+        reasons = ", ".join(f"{k} {v}" for k, v in s.skipped.items())
+        skipped = f"{s.num_skipped}" + (f" ({reasons})" if reasons else "")
+        table.add_row(s.split, s.protocol, str(s.videos), str(s.ok), str(s.partial),
+                      f"[red]{skipped}[/red]" if s.num_skipped else "0", str(s.captions), str(s.frames))
+    return table

@@ -1,0 +1,142 @@
+"""The DiffusionRet model: stage-1 dual encoder + the two stage-2 denoisers.
+
+Built from a plain config (every plugin's registered name and arguments), so a
+checkpoint's ``config.json`` alone rebuilds it. Submodule names (what the state dict
+holds)::
+
+    encoder.*          the encoder plugin (open_clip: encoder.clip.*)
+    temporal.*         temporal transformer over frames
+    similarity.*       token-wise weighted similarity (the two weight MLPs)
+    denoiser_t2v.*     text-to-video denoiser plugin
+    denoiser_v2t.*     video-to-text denoiser plugin
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffret_cli.errors import ConfigError
+from diffret_cli.model.similarity import TokenWiseSimilarity
+from diffret_cli.model.temporal import TemporalTransformer
+from diffret_cli.registry import create, plugin_version
+
+FORMAT = "diffret-model/1"
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "format": FORMAT,
+    "encoder": {"name": "open_clip", "args": {}},
+    "temporal": {"layers": 4, "heads": None, "max_frames": None, "init_from_text": True},
+    "similarity": {"chunk_size": 256},
+    "denoisers": {"t2v": {"name": "t2v", "args": {}}, "v2t": {"name": "v2t", "args": {}}},
+    "sampler": {"name": "ddim", "args": {"schedule": "cosine", "num_steps": 50}},
+    "rerank": {"topk_t2v": 32, "topk_v2t": 32, "alpha_t2v": 1.0, "alpha_v2t": 1.0,
+               "tau_t2v": 1.0, "tau_v2t": 1.0, "chunk_size": 64},
+    "max_words": 32,
+    "max_frames": 12,
+}
+
+
+def merge_config(base: dict, override: dict | None, *, path: str = "") -> dict:
+    """Recursive merge of ``override`` into ``base``. At the top level an unknown key is an
+    error that lists the valid ones (a typo never silently does nothing)."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if not path and k not in base and k != "versions":
+            raise ConfigError(f"unknown model config key {k!r}", hint=f"valid keys: {', '.join(base)}")
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v, path=f"{path}{k}.")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclass
+class TextFeatures:
+    tokens: torch.Tensor  # [N,L,D]
+    cls: torch.Tensor  # [N,D]
+    mask: torch.Tensor  # [N,L]
+
+
+@dataclass
+class VideoFeatures:
+    frames: torch.Tensor  # [N,T,D] after the temporal transformer
+    mask: torch.Tensor  # [N,T]
+
+
+class DiffusionRet(nn.Module):
+    def __init__(self, config: dict | None = None, *, load_pretrained: bool = True):
+        super().__init__()
+        cfg = merge_config(DEFAULT_CONFIG, config)
+        enc_args = dict(cfg["encoder"]["args"])
+        if not load_pretrained:  # weights come from a checkpoint: build the bare architecture
+            enc_args.update(pretrained=None, weights=None)
+        self.encoder = create("encoders", cfg["encoder"]["name"], **enc_args)
+        d = self.encoder.embed_dim
+        t_cfg = cfg["temporal"]
+        text_layer = self.encoder.text_layer_state(0)
+        heads = t_cfg["heads"] or max(d // 64, 1)
+        if text_layer is not None and t_cfg["init_from_text"]:
+            heads = self.encoder.clip.transformer.resblocks[0].attn.num_heads
+        pos = self.encoder.text_positional_embedding()
+        max_frames = t_cfg["max_frames"] or (pos.shape[0] if pos is not None else 77)
+        self.temporal = TemporalTransformer(width=d, layers=t_cfg["layers"], heads=heads, max_frames=max_frames)
+        if t_cfg["init_from_text"] and load_pretrained:
+            states = [self.encoder.text_layer_state(i) for i in range(t_cfg["layers"])]
+            if any(s is None for s in states):
+                raise ConfigError(f"temporal.layers={t_cfg['layers']} but the encoder has fewer text layers",
+                                  hint="lower temporal.layers or set temporal.init_from_text=false")
+            self.temporal.init_from_text_layers(states, pos)
+        self.similarity = TokenWiseSimilarity(width=d, chunk_size=cfg["similarity"]["chunk_size"])
+        dn = cfg["denoisers"]
+        self.denoiser_t2v = create("denoisers", dn["t2v"]["name"], **{"width": d, **dn["t2v"]["args"]})
+        self.denoiser_v2t = create("denoisers", dn["v2t"]["name"], **{"width": d, **dn["v2t"]["args"]})
+        self.config = cfg
+
+    # ---------------------------------------------------------------------- config
+    def full_config(self) -> dict:
+        """The config with every plugin's resolved arguments and version recorded."""
+        cfg = copy.deepcopy(self.config)
+        cfg["encoder"]["args"] = self.encoder.config()
+        cfg["denoisers"]["t2v"]["args"] = self.denoiser_t2v.config()
+        cfg["denoisers"]["v2t"]["args"] = self.denoiser_v2t.config()
+        cfg["versions"] = {
+            "encoder": plugin_version("encoders", cfg["encoder"]["name"]),
+            "denoiser_t2v": plugin_version("denoisers", cfg["denoisers"]["t2v"]["name"]),
+            "denoiser_v2t": plugin_version("denoisers", cfg["denoisers"]["v2t"]["name"]),
+            "sampler": plugin_version("samplers", cfg["sampler"]["name"]),
+        }
+        return cfg
+
+    def make_sampler(self, **overrides):
+        s = self.config["sampler"]
+        return create("samplers", s["name"], **{**s["args"], **overrides})
+
+    def stage1_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.temporal, self.similarity]
+
+    def stage2_modules(self) -> list[nn.Module]:
+        return [self.denoiser_t2v, self.denoiser_v2t]
+
+    # ---------------------------------------------------------------------- encoding
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+        tokens, cls = self.encoder.encode_text(ids, mask)
+        return TextFeatures(tokens, cls, mask)
+
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> VideoFeatures:
+        """frames [N,T,3,H,W] normalised pixels -> contextualised frame features."""
+        return self.encode_frame_features(self.encoder.encode_frames(frames, mask), mask)
+
+    def encode_frame_features(self, frame_feats: torch.Tensor, mask: torch.Tensor) -> VideoFeatures:
+        return VideoFeatures(self.temporal(frame_feats, mask), mask)
+
+    def similarity_matrix(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
+        """Stage-1 scores S [N_text, N_video] (paper Eq. 10)."""
+        return self.similarity(text.tokens, text.mask, video.frames, video.mask)
+
+    def contrastive_logits(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
+        return self.encoder.logit_scale() * self.similarity_matrix(text, video)

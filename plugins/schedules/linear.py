@@ -1,0 +1,30 @@
+"""Linear noise schedule (Ho et al. 2020), rescaled to the number of steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffret_cli.interfaces import NoiseSchedule
+
+
+class LinearSchedule(NoiseSchedule):
+    """beta from 1e-4 to 0.02 at T = 1000, scaled by ``beta_scale * 1000 / T`` so that a
+    shorter schedule reaches the same total noise (the official ``scale_betas``)."""
+
+    def __init__(self, *, num_steps: int = 50, beta_scale: float = 1.0,
+                 beta_start: float = 1e-4, beta_end: float = 0.02):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_steps = int(num_steps)
+        self.beta_scale = float(beta_scale)
+        self.beta_start = float(beta_start)
+        self.beta_end = float(beta_end)
+
+    def config(self) -> dict:
+        return {"num_steps": self.num_steps, "beta_scale": self.beta_scale,
+                "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    def betas(self) -> np.ndarray:
+        scale = self.beta_scale * 1000 / self.num_steps
+        return np.linspace(scale * self.beta_start, scale * self.beta_end, self.num_steps,
+                           dtype=np.float64)
