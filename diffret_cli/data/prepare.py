@@ -215,12 +215,12 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     size = path.stat().st_size
     if size == 0:
         return _skip(vid, "empty-file", "0 bytes", str(path))
-    key = _settings_key(st, entry, _fingerprint([path.name, size]))
+    from diffret_cli.data.video import SAMPLING_RULE, decode_sampled
+
+    key = {**_settings_key(st, entry, _fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
     item = cache.info(vid)
     if _is_current(item, key):
         return _from_cache(vid, item, str(path))
-    from diffret_cli.data.video import decode_sampled
-
     try:
         dec = decode_sampled(path, fps=st.fps, short_side=st.short_side, start=entry.start, end=entry.end,
                              min_frames=1)
@@ -228,6 +228,9 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
         code = getattr(exc, "reason", None) or ("no-video-stream" if "no video stream" in exc.message.lower()
                                                 else "decode-error")
         return _skip(vid, code, exc.message.replace("\n", " "), str(path))
+    except ValueError as exc:  # start/end from the annotations that make no clip
+        code = "bad-clip" if entry.start is not None or entry.end is not None else "decode-error"
+        return _skip(vid, code, str(exc), str(path))
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the run
         return _skip(vid, "decode-error", f"{type(exc).__name__}: {exc}".replace("\n", " "), str(path))
     frames = np.asarray(dec.frames)
@@ -238,7 +241,8 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     reason = ""
     if dec.partial:
         reason = "partial: " + ("; ".join(str(w) for w in dec.warnings) or "decoding stopped early")
-    meta = {**key, "status": status, "reason": reason, "duration": duration, "backend": str(dec.backend)}
+    meta = {**key, "status": status, "reason": reason, "duration": duration, "backend": str(dec.backend),
+            "warnings": [str(w) for w in dec.warnings]}
     cache.write(vid, frames, dec.timestamps, metadata=meta)
     return {"video_id": vid, "status": status, "reason": reason, "video_path": str(path), "duration": duration,
             "num_frames": len(frames), "cached": False, "written": len(frames)}
@@ -330,11 +334,12 @@ def _progress(enabled: bool):
             speed = task.finished_speed or task.speed
             frames = task.fields.get("frames", 0)
             elapsed = task.elapsed or 0.0
-            fps = f", {frames / elapsed:.0f} frames/s" if elapsed > 0 and frames else ""
-            return Text(f"{speed:.1f} videos/s{fps}" if speed else "-", style="progress.data.speed")
+            fps = f" {frames / elapsed:.0f} frames/s" if elapsed > 0 and frames else ""
+            return Text(f"{speed:.1f} vid/s{fps}" if speed else "-", style="progress.data.speed")
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(),
                     console=Console(stderr=True), disable=not enabled)
 
 

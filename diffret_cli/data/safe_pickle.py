@@ -4,8 +4,11 @@ Annotation pickles (MSVD's ``raw-captions.pkl``) come from the internet. A norma
 ``pickle.load`` imports and calls any global the file names (``os.system`` is one
 opcode away), so loading one would run whatever its author wrote. The unpickler here
 refuses every global: only the built-in containers and scalars that pickle builds
-without a lookup (dict, list, tuple, set, str, bytes, int, float, bool, None) can come
-out of it, and a file that names any class or function is rejected with its name.
+with its own opcodes, without a lookup (dict, list, tuple, str, bytes, int, float, bool,
+None; sets and frozensets from protocol 4) can come out of it, and a file that names
+any class or function is rejected with its name. (Python 3 ``bytes`` pickled with a
+protocol below 3 go through ``_codecs.encode`` and are refused too; Python 2 ``str``
+uses its own opcodes and loads.)
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,7 +90,8 @@ def load_json(path: Path, *, expect: type, what: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(text.rstrip())
+        # the parser hit the end of the text (inside a string, or between tokens)
+        truncated = exc.msg.startswith("Unterminated string") or exc.pos >= len(text.rstrip())
         raise AnnotationError(
             f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})"
             + ("; the file ends early" if truncated else "") + f"; expected {what}",
@@ -269,7 +271,9 @@ def clean_captions(video_id: str, captions: Sequence[Caption], *, file: str
 
 def build_entries(ids: Iterable[str], captions: Mapping[str, Sequence[Caption]], *,
                   captions_file: Path, paragraph: bool = False,
-                  video_id=None, filename=None) -> tuple[list[VideoEntry], list[ItemProblem]]:
+                  video_id: Callable[[str], str] | None = None,
+                  filename: Callable[[str], str] | None = None,
+                  ) -> tuple[list[VideoEntry], list[ItemProblem]]:
     """One :class:`VideoEntry` per id that has usable captions, in ``ids`` order.
 
     ``paragraph`` joins a video's sentences into its single query (ActivityNet, DiDeMo).
@@ -303,11 +307,13 @@ class AnnotatedDataset(DatasetPlugin):
 
     Subclasses set ``subdirs`` (their bundle's own folder names, searched before the
     common ones), ``get_it`` (where the annotation files come from, for the hint of a
-    missing-file error) and implement :meth:`parse`.
+    missing-file error; ``file_hints`` overrides it for single files that come from
+    elsewhere) and implement :meth:`parse`.
     """
 
     subdirs: ClassVar[tuple[str, ...]] = ()
     get_it: ClassVar[str] = ""
+    file_hints: ClassVar[dict[str, str]] = {}
     #: the Hugging Face Hub copy of the dataset, if one is known (schema unverified)
     hf_repo: ClassVar[str | None] = None
 
@@ -317,7 +323,7 @@ class AnnotatedDataset(DatasetPlugin):
     def search_dirs(self) -> tuple[str, ...]:
         return (".",) + tuple(self.subdirs) + COMMON_SUBDIRS
 
-    def find_file(self, source: Path, name: str, *, get_it: str | None = None) -> Path:
+    def find_file(self, source: Path, name: str) -> Path:
         """``name`` at the source root or in one of :meth:`search_dirs`."""
         tried = [Path(source) / d / name if d != "." else Path(source) / name
                  for d in self.search_dirs()]
@@ -327,7 +333,7 @@ class AnnotatedDataset(DatasetPlugin):
         raise AnnotationError(
             f"{self.name}: annotation file {name} not found; looked for:\n  "
             + "\n  ".join(str(p) for p in tried),
-            hint=(get_it or self.get_it) + f"; put it in {source} or one of its sub-folders "
+            hint=self.file_hints.get(name, self.get_it) + f"; put it in {source} or one of its sub-folders "
             f"{', '.join(d for d in self.search_dirs() if d != '.')}",
         )
 
@@ -355,5 +361,6 @@ class AnnotatedDataset(DatasetPlugin):
         return SplitAnnotations(dataset=self.name, split=split, protocol=self.split_protocol(split),
                                 videos=videos, problems=problems)
 
+    @abstractmethod
     def parse(self, source: Path, split: str) -> tuple[list[VideoEntry], list[ItemProblem]]:
-        raise NotImplementedError
+        """Videos and per-item problems of ``split``; raises on a malformed file."""

@@ -6,6 +6,9 @@
   video7009) with captions from the json; it is *not* the test set, which many
   codebases evaluate on under the name "val";
 - test: 1k-A (JSFusion), 1,000 (video, caption) pairs from ``MSRVTT_JSFUSION_test.csv``.
+
+The test split is evaluated "single" (a square caption/video matrix); train and val keep
+every caption of a video, so they are "multi" (see :meth:`MSRVTT.split_protocol`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class MSRVTT(AnnotatedDataset):
     hf_repo: ClassVar[str | None] = "friedrichor/MSR-VTT"
     subdirs: ClassVar[tuple[str, ...]] = ("msrvtt_data", "MSRVTT")
     get_it: ClassVar[str] = f"download and unzip CLIP4Clip's msrvtt_data.zip ({ANNOTATIONS_URL})"
+    file_hints: ClassVar[dict[str, str]] = {VAL_LIST: (
+        f"{VAL_LIST} (the official 497-video val split) is not in msrvtt_data.zip; get it "
+        f"from {VAL_LIST_URL}, or write a csv with header video_id and the ids video6513 "
+        "to video7009 (the videos whose split is 'validate' in MSRVTT_data.json)")}
     downloads: ClassVar[tuple[DownloadSource, ...] | None] = (
         DownloadSource("annotations", (ANNOTATIONS_URL,), "msrvtt_data.zip",
                        note="CLIP4Clip bundle: MSRVTT_data.json, MSRVTT_train.9k.csv, "
@@ -84,10 +91,7 @@ class MSRVTT(AnnotatedDataset):
             videos, more = build_entries(ids, captions, captions_file=csv_path)
             return videos, problems + more
         list_name = TRAIN_LISTS[self.train_list] if split == "train" else VAL_LIST
-        list_path = self.find_file(source, list_name, get_it=None if split == "train" else (
-            f"{VAL_LIST} (the official 497-video val split) is not in msrvtt_data.zip; get it "
-            f"from {VAL_LIST_URL}, or write a csv with header video_id and the ids video6513 "
-            "to video7009 (the videos whose split is 'validate' in MSRVTT_data.json)"))
+        list_path = self.find_file(source, list_name)
         json_path = self.find_file(source, DATA_JSON)
         ids = [f[0].strip() for _, f in read_csv(list_path, columns=("video_id",))]
         captions = read_sentences(json_path)

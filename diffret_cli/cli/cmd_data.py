@@ -1,0 +1,264 @@
+"""``diffret data``: prepare, inspect and verify datasets (thin layer over diffret_cli.data)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from typing import Any
+
+import click
+
+_DATA_ROOT_HELP = ("Where prepared datasets live (default: $DIFFRET_DATA_ROOT, else the per-user "
+                   "cache dir, e.g. ~/.cache/diffret).")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value); the value is read as JSON when it parses (numbers,
+    true/false, lists), else kept as a string (``train_list=9k``)."""
+    if "=" not in text:
+        raise click.BadParameter(f"{text!r} is not key=value (e.g. --option num_train=20)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key.isidentifier():
+        raise click.BadParameter(f"{key!r} is not a valid option name")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+_EXAMPLES_DATA = """\b
+Examples:
+  diffret data prepare synthetic
+  diffret data prepare msrvtt --source ~/datasets/MSRVTT
+  diffret data info msrvtt
+  diffret data verify msrvtt
+"""
+
+
+@click.group(epilog=_EXAMPLES_DATA)
+def data() -> None:
+    """Prepare, inspect and verify datasets.
+
+    `prepare` decodes each video once into a compact frame cache (JPEG frames at 1 fps,
+    short side 224) and writes a manifest per split; training and evaluation read only
+    that. `info` summarises what is there; `verify` re-checks every cache file.
+    """
+
+
+# ---------------------------------------------------------------------------- prepare
+_EXAMPLES_PREPARE_CMD = """\b
+Examples:
+  diffret data prepare synthetic --option num_train=200
+  diffret data prepare msrvtt --source ~/datasets/MSRVTT --workers 8
+  diffret data prepare msvd --source ./msvd --split test --fps 1 --short-side 224
+  diffret data prepare lsmdc --source /data/LSMDC      # LSMDC has no public download
+  DIFFRET_DATA_ROOT=/scratch/diffret diffret data prepare didemo --source ./didemo
+"""
+
+
+@data.command("prepare", epilog=_EXAMPLES_PREPARE_CMD,
+              short_help="Decode and cache a dataset's videos; write its manifests.")
+@click.argument("name")
+@click.option("--source", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder with the dataset's annotation files and videos in their official layout "
+                   "(default: <data-root>/NAME/source, downloading into it when possible).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=str), default=None, help=_DATA_ROOT_HELP)
+@click.option("--fps", type=float, default=1.0, show_default=True, help="Frames sampled per second of video.")
+@click.option("--short-side", type=int, default=224, show_default=True,
+              help="Frames are resized so their short side is this many pixels (aspect kept).")
+@click.option("--workers", type=int, default=None,
+              help="Decoding processes (default: min(8, CPU count); 1 runs in this process).")
+@click.option("--split", "splits", multiple=True, help="Only this split (repeatable; default: all).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset plugin option (repeatable), e.g. --option train_list=7k.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare_cmd(name: str, source: str | None, data_root: str | None, fps: float, short_side: int,
+                workers: int | None, splits: tuple[str, ...], options: tuple[str, ...], quiet: bool) -> None:
+    """Decode, sample and cache the videos of dataset NAME; write its manifests.
+
+    Bad videos (missing, empty, corrupt) are skipped and listed with their reason in
+    <data-root>/NAME/prepare_report.json; they never stop the run. Re-running resumes:
+    videos already cached with the same settings are not decoded again.
+    """
+    from diffret_cli.data.prepare import prepare, summary_table
+
+    plugin_options = dict(parse_option(o) for o in options)
+    report = prepare(name, data_root=data_root, source=source, fps=fps, short_side=short_side, workers=workers,
+                     splits=list(splits) or None, plugin_options=plugin_options, progress=not quiet)
+    console = _console()
+    console.print(summary_table(report))
+    if report.skipped:
+        shown = report.skipped[:10]
+        console.print(f"[yellow]{len(report.skipped)} video(s) skipped[/yellow]:")
+        for s in shown:
+            detail = f" ({s['detail']})" if s["detail"] else ""
+            console.print(f"  {s['split']}/{s['video_id']}: {s['reason']}{detail}", markup=False)
+        if len(report.skipped) > len(shown):
+            console.print(f"  ... and {len(report.skipped) - len(shown)} more")
+    if report.problems:
+        console.print(f"[yellow]{len(report.problems)} annotation problem(s)[/yellow] "
+                      "(ids without captions, empty captions, ...)")
+    console.print(f"report: {report.report_path}", markup=False)
+
+
+# ------------------------------------------------------------------------------- info
+def _stats(values: list[float], *, total: bool = False, digits: int = 2) -> dict[str, float] | None:
+    if not values:
+        return None
+    out = {"min": round(min(values), digits), "max": round(max(values), digits),
+           "mean": round(statistics.fmean(values), digits), "median": round(statistics.median(values), digits)}
+    if total:
+        out["total"] = round(sum(values), digits)
+    return out
+
+
+def dataset_info(name: str, data_root: str | None) -> dict[str, Any]:
+    """What ``diffret data info --json`` prints: settings and per-split statistics."""
+    from diffret_cli.data.manifest import USABLE, PreparedDataset, reason_code
+
+    ds = PreparedDataset.open(data_root, name)
+    out: dict[str, Any] = {
+        "dataset": ds.name, "root": str(ds.root), "created": ds.info.get("created"),
+        "fps": ds.fps, "short_side": ds.short_side, "protocol": ds.protocol,
+        "plugin_config": ds.info.get("plugin_config", {}), "plugin_version": ds.info.get("plugin_version"),
+        "decoder": ds.info.get("decoder", {}), "splits": {},
+    }
+    for split in ds.splits:
+        rows = ds.split(split).rows()
+        ready = [r for r in rows if r["status"] in USABLE]
+        skipped = [r for r in rows if r["status"] == "skipped"]
+        by_reason: dict[str, int] = {}
+        for r in skipped:
+            code = reason_code(r["reason"])
+            by_reason[code] = by_reason.get(code, 0) + 1
+        words = [len(c.split()) for r in ready for c in r["captions"]]
+        out["splits"][split] = {
+            "protocol": ds.split(split).protocol,
+            "videos": len(rows),
+            "ready": len(ready),
+            "ok": sum(r["status"] == "ok" for r in rows),
+            "partial": sum(r["status"] == "partial" for r in rows),
+            "skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(by_reason.items())),
+            "skipped_items": [{"video_id": r["video_id"], "reason": r["reason"]} for r in skipped],
+            "captions": sum(len(r["captions"]) for r in ready),
+            "caption_words": _stats([float(w) for w in words]),
+            "duration_s": _stats([r["duration"] for r in ready if r["duration"] is not None], total=True),
+            "frames": _stats([float(r["num_frames"]) for r in ready], total=True),
+        }
+    return out
+
+
+_EXAMPLES_INFO_CMD = """\b
+Examples:
+  diffret data info msrvtt
+  diffret data info synthetic --data-root ./data
+  diffret data info msvd --json | python -c "import json,sys; print(json.load(sys.stdin)['splits']['test']['ready'])"
+"""
+
+
+@data.command("info", epilog=_EXAMPLES_INFO_CMD, short_help="Summarise a prepared dataset.")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=str), default=None, help=_DATA_ROOT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the same information as JSON to stdout.")
+def info_cmd(name: str, data_root: str | None, as_json: bool) -> None:
+    """Summarise prepared dataset NAME: per split videos ready, captions, skipped items
+    with reasons, caption length (words) and duration statistics.
+    """
+    info = dataset_info(name, data_root)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{info['dataset']}[/bold] at {info['root']}  (prepared {info['created']}, "
+                  f"{info['fps']:g} fps, short side {info['short_side']}, protocol {info['protocol']})",
+                  highlight=False)
+    table = Table()
+    for col in ("split", "ready", "skipped", "captions", "words", "seconds", "hours", "frames"):
+        table.add_column(col, justify="left" if col in ("split", "skipped") else "right")
+    for split, s in info["splits"].items():
+        w, d, f = s["caption_words"], s["duration_s"], s["frames"]
+        reasons = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items())
+        table.add_row(split if s["protocol"] == info["protocol"] else f"{split} ({s['protocol']})",
+                      f"{s['ready']}" + (f" ({s['partial']} partial)" if s["partial"] else ""),
+                      f"{s['skipped']}" + (f" ({reasons})" if reasons else ""), str(s["captions"]),
+                      f"{w['mean']:.1f} ({w['min']:g}-{w['max']:g})" if w else "-",
+                      f"{d['mean']:.1f} ({d['min']:.0f}-{d['max']:.0f})" if d else "-",
+                      f"{d['total'] / 3600:.2f}" if d else "-", f"{int(f['total'])}" if f else "0")
+    table.caption = "words: per caption, mean (min-max); seconds: per video, mean (min-max)"
+    console.print(table)
+    for split, s in info["splits"].items():
+        items = s["skipped_items"]
+        if items:
+            console.print(f"skipped in {split}:")
+            for it in items[:20]:
+                console.print(f"  {it['video_id']}: {it['reason']}", markup=False, highlight=False)
+            if len(items) > 20:
+                console.print(f"  ... and {len(items) - 20} more (--json lists all)")
+
+
+# ----------------------------------------------------------------------------- verify
+def verify_dataset(name: str, data_root: str | None, *, decode: bool = False) -> tuple[int, list[dict[str, str]]]:
+    """(files checked, problems) for prepared dataset ``name``; see ``diffret data verify``."""
+    from diffret_cli.data.manifest import USABLE, PreparedDataset
+
+    ds = PreparedDataset.open(data_root, name)
+    seen: dict[str, int] = {}
+    problems: list[dict[str, str]] = []
+    for split in ds.splits:
+        for r in ds.split(split).table.select_columns(["video_id", "status", "num_frames"]).to_list():
+            if r["status"] not in USABLE or r["video_id"] in seen:
+                continue
+            seen[r["video_id"]] = r["num_frames"]
+            problem = ds.cache.verify(r["video_id"], expected_frames=r["num_frames"], decode=decode)
+            if problem:
+                problems.append({"split": split, "video_id": r["video_id"], "problem": problem})
+    return len(seen), problems
+
+
+_EXAMPLES_VERIFY_CMD = """\b
+Examples:
+  diffret data verify msrvtt
+  diffret data verify synthetic --data-root ./data --decode
+  diffret data verify msvd || diffret data prepare msvd --source ./msvd   # repair
+"""
+
+
+@data.command("verify", epilog=_EXAMPLES_VERIFY_CMD,
+              short_help="Re-check every cache file against the manifests.")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=str), default=None, help=_DATA_ROOT_HELP)
+@click.option("--decode", is_flag=True, help="Also decode every frame (slower; the default checks "
+                                              "structure, frame counts and a checksum of every file).")
+def verify_cmd(name: str, data_root: str | None, decode: bool) -> None:
+    """Re-check every cache file of NAME against its manifest: it exists, it is readable,
+    its checksum holds and its frame count matches. Exit code 1 with a list when not.
+    """
+    checked, problems = verify_dataset(name, data_root, decode=decode)
+    console = _console()
+    if not problems:
+        console.print(f"[green]ok[/green]: {checked} cache file(s) of {name!r} match their manifests")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(problems)} of {checked} cache file(s) of {name!r} have problems")
+    table.add_column("split")
+    table.add_column("video")
+    table.add_column("problem", overflow="fold")
+    for p in problems:
+        table.add_row(p["split"], p["video_id"], p["problem"])
+    console.print(table)
+    console.print(f"fix: re-run `diffret data prepare {name}` (with the same --source) to rebuild them",
+                  markup=False)
+    sys.exit(1)

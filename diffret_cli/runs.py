@@ -1,0 +1,146 @@
+"""Running a recipe: run directories, the two stages in order, resume, final evaluation.
+
+This is the Python API behind ``diffret train``; the CLI only parses arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from diffret_cli.checkpoint import atomic_write_bytes, atomic_write_json
+from diffret_cli.distributed import DistInfo, barrier, cleanup, init_distributed
+from diffret_cli.errors import ConfigError
+from diffret_cli.features import resolve_device, resolve_precision
+from diffret_cli.model.diffusionret import DiffusionRet
+from diffret_cli.trainer import (RunContext, finalize_best, jsonl_logger, load_best_stage1,
+                                 load_training_state, run_stage1, run_stage2)
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def new_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = base / f"{recipe_name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / f"{recipe_name}-{stamp}-{n}"
+    return path
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir).expanduser()
+    if run_dir.resolve() == Path.cwd().resolve():
+        raise ConfigError("the run directory cannot be the working directory itself",
+                          hint="pass --run-dir runs/NAME (or leave it out for a fresh timestamped one)")
+    return run_dir
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+                    TextColumn("{task.fields[rate]:.1f} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume: bool = False,
+          stages: list[int] | None = None, progress: bool = True, stop_after_steps: int | None = None) -> Path:
+    """Train ``recipe`` into ``run_dir``; returns the run directory."""
+    from diffret_cli.data.manifest import PreparedDataset
+
+    run_dir = check_run_dir(run_dir)
+    tr = recipe["train"]
+    device = resolve_device(tr["device"])
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    precision = resolve_precision(tr["precision"], device)
+    stages = stages or list(tr["stages"])
+    torch.manual_seed(tr["seed"])
+
+    state = None
+    if resume:
+        state = load_training_state(run_dir)
+        if state is None:
+            raise ConfigError(f"nothing to resume in {run_dir} (no checkpoints/last/training_state.pt)",
+                              hint="start without --resume, or pass the run directory of an interrupted run")
+        saved = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+        if saved != json.loads(json.dumps(recipe)):
+            raise ConfigError(f"the recipe differs from the one saved in {run_dir / RECIPE_FILE}",
+                              hint="resume with the same recipe and overrides (or start a new run)")
+    elif dist.is_main:
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} already holds a run", hint="pass --resume to continue it, or another --run-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False).encode())
+    barrier(dist)
+
+    data = PreparedDataset.open(data_root, recipe["dataset"]["name"])
+    writer = None
+    if dist.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+    log = jsonl_logger(run_dir / "metrics.jsonl", dist, writer)
+
+    model = DiffusionRet(recipe["model"], load_pretrained=state is None).to(device)
+    if state is not None:
+        from safetensors.torch import load_file
+
+        from diffret_cli.convert import load_strict
+
+        load_strict(model, load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"),
+                                     device=str(device)), source="checkpoints/last")
+    bar = _progress(progress and dist.is_main)
+    ctx = RunContext(run_dir=run_dir, recipe=recipe, data=data, device=device, precision=precision, dist=dist,
+                     log=log, progress=bar, resume_state=state, stop_after_steps=stop_after_steps)
+    log({"event": "start", "stages": stages, "device": str(device), "precision": precision,
+         "world_size": dist.world_size, "resume": bool(state)})
+    try:
+        if bar is not None:
+            bar.start()
+        start_stage = state["stage"] if state else min(stages)
+        if 1 in stages and start_stage <= 1:
+            run_stage1(ctx, model)
+            ctx.resume_state = None
+        if 2 in stages:
+            if not (state and state["stage"] == 2):
+                load_best_stage1(run_dir, model)
+            run_stage2(ctx, model)
+        if dist.is_main:
+            finalize_best(run_dir, stages)
+        log({"event": "done"})
+    finally:
+        if bar is not None:
+            bar.stop()
+        if writer is not None:
+            writer.close()
+        cleanup(dist)
+    return run_dir
+
+
+def save_eval(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "eval" / f"{name}.json"
+    atomic_write_json(path, result)
+    return path
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def single_process() -> DistInfo:
+    return DistInfo()
