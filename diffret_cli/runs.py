@@ -25,6 +25,26 @@ from diffret_cli.trainer import (RunContext, finalize_best, jsonl_logger, load_b
 RECIPE_FILE = "recipe.yaml"
 
 
+def ensure_prepared(name: str, data_root: Path | None, *, data_cfg: dict | None = None,
+                    options: dict | None = None, progress: bool = True):
+    """Open prepared dataset ``name``; a generated dataset (``synthetic``) that is not
+    prepared yet is generated on the spot (nothing to download). Others must be prepared
+    with ``diffret data prepare`` first: their error says how."""
+    from diffret_cli.data.manifest import PreparedDataset
+    from diffret_cli.data.prepare import is_generated, make_plugin, prepare
+    from diffret_cli.errors import DiffretError
+
+    try:
+        return PreparedDataset.open(data_root, name)
+    except DiffretError:
+        if not is_generated(make_plugin(name, options)):
+            raise
+    data_cfg = data_cfg or {}
+    prepare(name, data_root=data_root, fps=data_cfg.get("fps", 1.0), short_side=data_cfg.get("short_side", 224),
+            plugin_options=options, progress=progress)
+    return PreparedDataset.open(data_root, name)
+
+
 def new_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = base / f"{recipe_name}-{stamp}"
@@ -85,6 +105,10 @@ def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume:
         atomic_write_bytes(run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False).encode())
     barrier(dist)
 
+    if dist.is_main:
+        ensure_prepared(recipe["dataset"]["name"], data_root, data_cfg=recipe.get("data"),
+                        options=recipe["dataset"].get("options"), progress=progress)
+    barrier(dist)
     data = PreparedDataset.open(data_root, recipe["dataset"]["name"])
     writer = None
     if dist.is_main:

@@ -435,6 +435,11 @@ def _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable) -> float:
     last = epoch + 1 == ctx.recipe[f"stage{stage}"]["epochs"]
     if not (last or (every and (epoch + 1) % every == 0)):
         return best
+    if not ctx.recipe["dataset"].get("val_split"):
+        # no validation split (e.g. ActivityNet, whose val is its test): keep the last epoch
+        if last:
+            _save_best(ctx, model, stage, {"note": "no validation split; last epoch kept"})
+        return best
     if ema:
         ema.swap(trainable)
     result = _validate(ctx, model, stage)

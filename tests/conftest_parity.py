@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,6 +129,19 @@ def expand_frames(name: str, lowres: torch.Tensor, upsample: int) -> torch.Tenso
     """The model input frames of an end-to-end fixture: int8 / scale, nearest upsampling."""
     video = lowres.to(torch.float32) / frame_divisor(name)
     return video.repeat_interleave(upsample, dim=-2).repeat_interleave(upsample, dim=-1)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` intra-op threads, then restore. These tests move tiny tensors: with
+    two threads on a busy two-core machine, thread hand-offs cost more than the maths
+    (measured: 7 s with one thread, 43 s with two, for test_parity.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------ tolerance

@@ -308,3 +308,35 @@ def test_prepare_uses_the_download_path(tmp_path):
     assert report.splits["train"].videos == 2
     assert report.splits["train"].skipped == {"missing-video": 2}  # the zip holds no videos
     assert dl.sha256_file(tmp_path / "loopback-served" / "downloads" / "data.zip") == SHA
+
+
+def test_files_already_under_the_source_dir_are_used_without_network(tmp_path):
+    from diffret_cli.data.prepare import _source_root, prepare
+    from diffret_cli.registry import registry
+
+    dead = f"http://127.0.0.1:{_closed_port()}/data.zip"
+
+    class Offline(_Loopback):
+        def __init__(self):
+            super().__init__(url=dead)
+
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(PAYLOAD)
+    extract_archive(archive, tmp_path / "offline" / "source")  # as a previous run left it
+    registry().register("datasets", "offline", Offline)
+    try:
+        report = prepare("offline", data_root=tmp_path, workers=1, progress=False)
+    finally:
+        registry().unregister("datasets", "offline")
+    assert report.source == str(tmp_path / "offline" / "source" / "bundle")
+    assert report.splits["train"].videos == 2
+
+    # files spread over sub-folders (msrvtt_data/ + a list at the top): the top folder is
+    # used and the plugin's own lookup finds them; a missing file means "not here"
+    base = tmp_path / "spread"
+    (base / "msrvtt_data").mkdir(parents=True)
+    (base / "msrvtt_data" / "MSRVTT_data.json").write_text("{}")
+    (base / "MSRVTT_val.full.csv").write_text("video_id\n")
+    assert _source_root(base, ["MSRVTT_val.full.csv", "MSRVTT_data.json"]) == base
+    assert _source_root(base, ["MSRVTT_data.json"]) == base / "msrvtt_data"
+    assert _source_root(base, ["MSRVTT_data.json", "MSRVTT_train.9k.csv"]) is None

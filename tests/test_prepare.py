@@ -166,3 +166,28 @@ def test_parallel_workers_match_serial_and_survive_a_crashing_decoder(tmp_path):
     assert [rows[f"extra{i}"]["num_frames"] for i in (0, 2)] == [1, 3]
     assert crashed.splits["test"].skipped == {"decoder-crash": 1, "no-video-stream": 1}
     assert crashed.splits["train"].ok == 1 and crashed.splits["train"].partial == 1
+
+
+class _Unpicklable(FakeVids):
+    """Holds a lock: cannot be sent to worker processes."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        import threading
+
+        self._lock = threading.Lock()
+
+
+def test_workers_that_cannot_start_fall_back_to_this_process(tmp_path):
+    src = make_source(tmp_path)
+    registry().register("datasets", "fakevids-unpicklable", _Unpicklable)
+    try:
+        report = prepare("fakevids-unpicklable", data_root=tmp_path / "r", source=src, short_side=32, workers=2,
+                         progress=False)
+    finally:
+        registry().unregister("datasets", "fakevids-unpicklable")
+    assert len(report.notes) == 1 and "decoded in this process instead" in report.notes[0]
+    assert "pickle" in report.notes[0]
+    # the same outcome as a normal run: no video blamed on a "crash"
+    assert report.splits["train"].skipped == {"decode-error": 1, "empty-file": 1, "missing-video": 1}
+    assert (report.splits["test"].ok, report.splits["train"].partial) == (2, 1)

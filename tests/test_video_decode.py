@@ -125,7 +125,8 @@ def test_mp4_cut_in_half_loses_its_index(tmp_path):
 
 def _faststart_copy(src: Path, dst: Path) -> Path:
     """Remux (no re-encoding) with the index at the front, as web uploads often are."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "+faststart"}) as out:
+    faststart = {"movflags": "+faststart"}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=faststart) as out:
         in_stream = inp.streams.video[0]
         out_stream = out.add_stream_from_template(in_stream)
         for packet in inp.demux(in_stream):

@@ -101,13 +101,14 @@ def prepare_cmd(name: str, source: str | None, data_root: str | None, fps: float
         console.print(f"[yellow]{len(report.skipped)} video(s) skipped[/yellow]:")
         for s in shown:
             detail = f" ({s['detail']})" if s["detail"] else ""
-            console.print(f"  {s['split']}/{s['video_id']}: {s['reason']}{detail}", markup=False)
+            console.print(f"  {s['split']}/{s['video_id']}: {s['reason']}{detail}", markup=False,
+                          highlight=False, soft_wrap=True)
         if len(report.skipped) > len(shown):
             console.print(f"  ... and {len(report.skipped) - len(shown)} more")
     if report.problems:
         console.print(f"[yellow]{len(report.problems)} annotation problem(s)[/yellow] "
                       "(ids without captions, empty captions, ...)")
-    console.print(f"report: {report.report_path}", markup=False)
+    console.print(f"report: {report.report_path}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------- info
@@ -185,25 +186,30 @@ def info_cmd(name: str, data_root: str | None, as_json: bool) -> None:
                   f"{info['fps']:g} fps, short side {info['short_side']}, protocol {info['protocol']})",
                   highlight=False)
     table = Table()
-    for col in ("split", "ready", "skipped", "captions", "words", "seconds", "hours", "frames"):
-        table.add_column(col, justify="left" if col in ("split", "skipped") else "right")
+    for col in ("split", "ready", "partial", "skipped", "captions", "words", "seconds", "frames"):
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    reasons = []
     for split, s in info["splits"].items():
         w, d, f = s["caption_words"], s["duration_s"], s["frames"]
-        reasons = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items())
         table.add_row(split if s["protocol"] == info["protocol"] else f"{split} ({s['protocol']})",
-                      f"{s['ready']}" + (f" ({s['partial']} partial)" if s["partial"] else ""),
-                      f"{s['skipped']}" + (f" ({reasons})" if reasons else ""), str(s["captions"]),
-                      f"{w['mean']:.1f} ({w['min']:g}-{w['max']:g})" if w else "-",
-                      f"{d['mean']:.1f} ({d['min']:.0f}-{d['max']:.0f})" if d else "-",
-                      f"{d['total'] / 3600:.2f}" if d else "-", f"{int(f['total'])}" if f else "0")
-    table.caption = "words: per caption, mean (min-max); seconds: per video, mean (min-max)"
+                      str(s["ready"]), str(s["partial"]), str(s["skipped"]), str(s["captions"]),
+                      f"{w['mean']:.1f}" if w else "-", f"{d['mean']:.1f}" if d else "-",
+                      f"{int(f['total'])}" if f else "0")
+        if s["skipped_by_reason"]:
+            reasons.append(f"{split}: " + ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()))
+    hours = sum(s["duration_s"]["total"] for s in info["splits"].values() if s["duration_s"]) / 3600
+    table.caption = (f"words: mean per caption; seconds: mean per video ({hours:.2f} h in all); "
+                     "--json adds min/max/median")
+    if reasons:
+        table.caption += "\nskipped by reason - " + "; ".join(reasons)
     console.print(table)
     for split, s in info["splits"].items():
         items = s["skipped_items"]
         if items:
             console.print(f"skipped in {split}:")
             for it in items[:20]:
-                console.print(f"  {it['video_id']}: {it['reason']}", markup=False, highlight=False)
+                console.print(f"  {it['video_id']}: {it['reason']}", markup=False, highlight=False,
+                              soft_wrap=True)
             if len(items) > 20:
                 console.print(f"  ... and {len(items) - 20} more (--json lists all)")
 
@@ -260,5 +266,5 @@ def verify_cmd(name: str, data_root: str | None, decode: bool) -> None:
         table.add_row(p["split"], p["video_id"], p["problem"])
     console.print(table)
     console.print(f"fix: re-run `diffret data prepare {name}` (with the same --source) to rebuild them",
-                  markup=False)
+                  markup=False, soft_wrap=True)
     sys.exit(1)

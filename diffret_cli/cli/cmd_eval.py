@@ -47,12 +47,13 @@ def _print_table(title: str, result: dict) -> None:
 
 
 def evaluate_one(model, *, dataset: str, split: str, data_root, steps, topk, qb_norm: bool, seed: int,
-                 device: str, no_rerank: bool, batch_size: int, qb_bank_size: int) -> dict[str, Any]:
-    from diffret_cli.data.manifest import PreparedDataset
+                 device: str, no_rerank: bool, batch_size: int, qb_bank_size: int,
+                 data_cfg: dict | None = None, options: dict | None = None) -> dict[str, Any]:
     from diffret_cli.evaluate import caption_bank, evaluate_split
     from diffret_cli.features import resolve_device
+    from diffret_cli.runs import ensure_prepared
 
-    data = PreparedDataset.open(data_root, dataset)
+    data = ensure_prepared(dataset, data_root, data_cfg=data_cfg, options=options)
     if split not in data.splits:
         raise ConfigError(f"{dataset} has no prepared split {split!r}", hint=f"available: {', '.join(data.splits)}")
     dev = resolve_device(device)
@@ -78,13 +79,15 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
 
     model = load_model(run_dir)
     ev = recipe["eval"]
-    targets = [(recipe["dataset"]["name"], s) for s in ev["splits"]]
-    targets += [(d, "test") for d in ev.get("out_domain", []) or []]
-    for dataset, split in targets:
+    targets = [(recipe["dataset"]["name"], s, recipe["dataset"].get("options")) for s in ev["splits"]]
+    for d in ev.get("out_domain") or []:
+        d = {"name": d} if isinstance(d, str) else d
+        targets.append((d["name"], d.get("split", "test"), d.get("options")))
+    for dataset, split, options in targets:
         res = evaluate_one(model, dataset=dataset, split=split, data_root=data_root, steps=ev.get("steps"),
                            topk=ev.get("topk_t2v"), qb_norm=bool(ev.get("qb_norm")), seed=recipe["train"]["seed"],
                            device=recipe["train"]["device"], no_rerank=False, batch_size=ev["batch_size"],
-                           qb_bank_size=5000)
+                           qb_bank_size=5000, data_cfg=recipe.get("data"), options=options)
         save_eval(run_dir, f"{dataset}-{split}", res)
         if as_json:
             click.echo(json.dumps(res, indent=2))
@@ -145,11 +148,13 @@ def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, ou
     ckpt = resolve_checkpoint_dir(run)
     model = load_model(ckpt)
     out_dir = Path(run) if (Path(run) / "recipe.yaml").is_file() else ckpt
+    data_cfg = (yaml.safe_load((Path(run) / "recipe.yaml").read_text()).get("data")
+                if (Path(run) / "recipe.yaml").is_file() else None)
     results = {}
     for label, ds, sp in pairs:
         res = evaluate_one(model, dataset=ds, split=sp, data_root=data_root, steps=steps, topk=topk,
                            qb_norm=qb_norm, seed=seed, device=device, no_rerank=no_rerank,
-                           batch_size=batch_size, qb_bank_size=qb_bank_size)
+                           batch_size=batch_size, qb_bank_size=qb_bank_size, data_cfg=data_cfg)
         res["checkpoint"] = str(ckpt)
         res["role"] = label
         save_eval(out_dir, f"{ds}-{sp}", res)

@@ -25,6 +25,7 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -152,7 +153,7 @@ class PreparedSplit:
     def rows(self) -> list[dict[str, Any]]:
         return self.table.to_list()
 
-    @property
+    @cached_property
     def videos(self) -> list[VideoEntry]:
         """Usable videos (status ok or partial), in manifest order."""
         return [_entry(r) for r in self.table.to_list() if r["status"] in USABLE]

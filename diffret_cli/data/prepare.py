@@ -88,6 +88,7 @@ class PrepareReport:
     frames_written: int = 0
     seconds: float = 0.0
     report_path: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. fell back to in-process decoding
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -195,7 +196,10 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
         item = cache.info(vid)
         if _is_current(item, key):
             return _from_cache(vid, item, "")
-        frames = st.plugin.generate(entry)
+        try:
+            frames = st.plugin.generate(entry)
+        except DiffretError as exc:
+            return _skip(vid, "generate-error", exc.message.replace("\n", " "))
         if frames is None or len(frames) == 0:
             return _skip(vid, "no-frames", "the generator returned no frames")
         frames = _downscale(np.ascontiguousarray(frames, dtype=np.uint8), st.short_side)
@@ -273,7 +277,7 @@ def _mp_context():
 
 def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
               on_result: Callable[[dict[str, Any]], None]) -> None:
-    """Run ``process_video`` over ``entries`` with at most ``2 * workers`` items in flight.
+    """Run ``process_video`` over ``entries`` with at most ``4 * workers`` items in flight.
 
     Keeping the window small means that when a decoder crashes its process (a segfault
     in a codec), only the few in-flight items are in doubt: each is retried alone, and
@@ -281,18 +285,28 @@ def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
     """
     ctx = _mp_context()
     if ctx.get_start_method() == "forkserver":
-        mods = ["diffret_cli.data.prepare", type(state.plugin).__module__]
-        ctx.set_forkserver_preload([m for m in mods if m != "__main__"])
+        # Imported once in the server, not per worker; "__main__" (multiprocessing's
+        # default) lets a plugin class defined in a script be unpickled by the workers.
+        ctx.set_forkserver_preload(list(dict.fromkeys(["__main__", "diffret_cli.data.prepare",
+                                                       type(state.plugin).__module__])))
     todo = list(reversed(entries))
     doubtful: list[VideoEntry] = []
+    first = True
     while todo:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(state,))
         inflight: dict[Future, VideoEntry] = {}
+        if first:  # workers that cannot start at all must not turn every video into a "crash"
+            first = False
+            try:
+                pool.submit(_ping).result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, PicklingError, ...
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise WorkersUnavailable(f"{type(exc).__name__}: {exc}") from exc
         try:
             broken = False
             while (todo or inflight) and not broken:
-                while todo and len(inflight) < 2 * workers:
+                while todo and len(inflight) < 4 * workers:
                     entry = todo.pop()
                     inflight[pool.submit(process_video, entry)] = entry
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -313,6 +327,15 @@ def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
         for entry in doubtful:  # alone, so a crash names its culprit
             on_result(_run_isolated(entry, state, ctx))
         doubtful.clear()
+
+
+class WorkersUnavailable(Exception):
+    """Worker processes could not start (e.g. a plugin that cannot be pickled, or a
+    ``__main__`` that cannot be re-imported, as in ``python - < script``)."""
+
+
+def _ping() -> bool:
+    return _STATE is not None
 
 
 def _run_isolated(entry: VideoEntry, state: _WorkerState, ctx) -> dict[str, Any]:
@@ -369,6 +392,30 @@ def find_source_root(base: Path, files: list[str], *, depth: int = 2) -> Path | 
     return None
 
 
+def _names_under(base: Path, *, depth: int = 3) -> set[str]:
+    """File names up to ``depth`` folders below ``base`` (to tell "files are here")."""
+    names: set[str] = set()
+    base_depth = len(base.parts)
+    for dirpath, dirnames, filenames in os.walk(base):
+        if len(Path(dirpath).parts) - base_depth >= depth:
+            dirnames.clear()
+        names.update(filenames)
+    return names
+
+
+def _source_root(base: Path, files: list[str]) -> Path | None:
+    """Where to read from under ``base``: the one folder holding every file if there is
+    one; else ``base`` itself when every file is somewhere below it (dataset plugins
+    search their usual sub-folders); None when some file is not there at all."""
+    if not base.is_dir():
+        return None
+    exact = find_source_root(base, files)
+    if exact is not None:
+        return exact
+    names = _names_under(base)
+    return base if all(Path(f).name in names for f in files) else None
+
+
 def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathLike | None,
                    splits: list[str], *, progress: bool) -> Path:
     """The folder holding the dataset's files, downloading them if nothing is given or present."""
@@ -381,19 +428,14 @@ def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathL
         return src
     if not files:  # generated dataset: nothing to read
         return source_dir(prepared)
-    local = source_dir(prepared)
-    found = find_source_root(local, files) if local.is_dir() else None
+    found = _source_root(source_dir(prepared), files)
     if found is not None:
         return found
     from diffret_cli.data.download import fetch_sources
 
     fetched = fetch_sources(plugin, prepared, progress=progress)
-    found = find_source_root(fetched, files)
-    if found is None:
-        raise DiffretError(f"downloaded files for {plugin.name!r} under {fetched} do not include "
-                           f"{', '.join(files)}",
-                           hint="place the annotation files there by hand, or pass --source DIR")
-    return found
+    # When a file is still missing, the plugin's parser says which and where to get it.
+    return _source_root(fetched, files) or fetched
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -446,6 +488,7 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
         state = _WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
                              _fingerprint([name, plugin.config()]))
         results: dict[str, dict[str, Any]] = {}
+        notes: list[str] = []
         entries = list(unique.values())
         with _progress(progress) as bar:
             task = bar.add_task(f"prepare {name}", total=len(entries), frames=0)
@@ -462,12 +505,22 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                 for e in entries:
                     on_result(process_video(e))
             else:
-                _run_pool(entries, state, min(workers, len(entries)), on_result)
+                try:
+                    _run_pool(entries, state, min(workers, len(entries)), on_result)
+                except WorkersUnavailable as exc:
+                    note = f"worker processes could not start ({exc}); decoded in this process instead"
+                    notes.append(note)
+                    bar.console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
+                    _init_worker(state)
+                    for e in entries:
+                        if e.video_id not in results:
+                            on_result(process_video(e))
 
         # 4. manifests, prepared.json, report.
         report = _write_outputs(name, plugin, root, src, annotations, results, extra_problems,
                                 fps=fps, short_side=short_side, quality=int(quality), generated=generated)
     report.seconds = time.perf_counter() - t0
+    report.notes = notes
     report.videos = len(entries)
     report.cached = sum(1 for r in results.values() if r["cached"])
     report.decoded = sum(1 for r in results.values() if r["written"])
@@ -585,8 +638,12 @@ def _lock(root: Path):
 def _sweep_temp(frames: Path) -> int:
     """Delete temp files left by an interrupted run (safe: we hold the dataset lock)."""
     removed = 0
+    for f in frames.parent.iterdir():  # prepared.json / report temp files
+        if f.is_file() and is_temp_name(f.name):
+            f.unlink(missing_ok=True)
+            removed += 1
     if not frames.is_dir():
-        return 0
+        return removed
     for shard in frames.iterdir():
         if shard.is_dir():
             for f in shard.iterdir():
@@ -598,16 +655,19 @@ def _sweep_temp(frames: Path) -> int:
 
 # ----------------------------------------------------------------------------- summary
 def summary_table(report: PrepareReport):
-    """A rich Table: per split, videos ok / partial / skipped by reason, captions."""
+    """A rich Table: per split, videos ok / partial / skipped (by reason, in the caption), captions."""
     from rich.table import Table
 
     table = Table(title=f"{report.dataset}: prepared in {report.seconds:.1f} s "
                         f"({report.decoded} decoded, {report.cached} cached, {report.frames_written} frames written)")
     for col in ("split", "protocol", "videos", "ok", "partial", "skipped", "captions", "frames"):
-        table.add_column(col, justify="left" if col in ("split", "protocol", "skipped") else "right")
+        table.add_column(col, justify="left" if col in ("split", "protocol") else "right")
+    reasons = []
     for s in report.splits.values():
-        reasons = ", ".join(f"{k} {v}" for k, v in s.skipped.items())
-        skipped = f"{s.num_skipped}" + (f" ({reasons})" if reasons else "")
         table.add_row(s.split, s.protocol, str(s.videos), str(s.ok), str(s.partial),
-                      f"[red]{skipped}[/red]" if s.num_skipped else "0", str(s.captions), str(s.frames))
+                      f"[red]{s.num_skipped}[/red]" if s.num_skipped else "0", str(s.captions), str(s.frames))
+        if s.skipped:
+            reasons.append(f"{s.split}: " + ", ".join(f"{k} {v}" for k, v in s.skipped.items()))
+    if reasons:
+        table.caption = "skipped by reason - " + "; ".join(reasons)
     return table

@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import av
 import numpy as np
+import PIL
+from PIL import Image
 
 from diffret_cli.errors import ConfigError, DecodeError
 
@@ -55,10 +58,11 @@ SAMPLING_RULE = "nearest-pts-to-window-centre/v1"
 # PyAV may output frames whose pts are out of order (AVI with packed B-frames carries
 # decode-order times); the frames themselves come out in display order. Timestamps are
 # re-sorted over a window of this many frames (H.264 reorders at most 16).
-_REORDER_WINDOW = 0
+_REORDER_WINDOW = 16
 # Stop decoding after this many consecutive packets fail: the rest is not video data.
 _MAX_CONSECUTIVE_ERRORS = 32
-# decord get_batch chunk: bounds memory for full-resolution frames (8 x 1080p = 50 MB).
+# Frames per decord get_batch call: bounds the full-resolution frames held at once
+# (8 x 1080p RGB = 50 MB); decord's own decoder buffers come on top.
 _DECORD_CHUNK = 8
 _BACKENDS = ("decord", "pyav")
 # Timestamps closer than this count as equally near a target (the earlier frame wins):
@@ -134,9 +138,6 @@ def decoder_settings() -> dict[str, Any]:
     Two datasets prepared with different settings here can hold different pixels for
     the same video, so the prepare step stores this next to the frames.
     """
-    import av
-    import PIL
-
     decord = _decord_module()
     ffmpeg = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
     return {
@@ -225,8 +226,6 @@ def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic resize to ``size`` = (w, h), as CLIP preprocessing does it (PIL)."""
     if (rgb.shape[1], rgb.shape[0]) == size:
         return np.ascontiguousarray(rgb)
-    from PIL import Image
-
     img = Image.fromarray(np.ascontiguousarray(rgb))
     return np.asarray(img.resize(size, Image.Resampling.BICUBIC))
 
@@ -254,8 +253,6 @@ class _Header:
 
 def _open_pyav(path: Path):
     """Open ``path`` with PyAV: (container, video stream), or a DecodeError saying why."""
-    import av
-
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as exc:
@@ -288,8 +285,8 @@ def _header(container, stream) -> _Header:
         # container duration includes audio, which may outlast the picture: be lenient
         end = container.duration / 1_000_000
         tol = max(1.0, 0.05 * end)
-    return _Header(codec=cc.name, width=stream.width or cc.width, height=stream.height or cc.height,
-                   nominal_fps=fps, frames=stream.frames or None, expected_end=end,
+    return _Header(codec=cc.name, width=stream.width or cc.width,
+                   height=stream.height or cc.height, nominal_fps=fps, frames=stream.frames or None, expected_end=end,
                    expected_tol=tol)
 
 
@@ -399,8 +396,6 @@ class _Result:
 def _pyav_first_rotation(container, stream) -> int:
     """Clockwise rotation from the first decodable frame (PyAV 18 exposes the display
     matrix on frames only). 0 when nothing decodes."""
-    import av
-
     try:
         for packet in container.demux(stream):
             for frame in packet.decode():
@@ -431,8 +426,6 @@ def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
     around it: decoding resumes at the next packet (FFmpeg recovers at the next
     keyframe) and the result is marked partial.
     """
-    import av
-
     container, stream = _open_pyav(path)
     try:
         header = _header(container, stream)
@@ -692,8 +685,6 @@ def probe(path: str | os.PathLike, *, backend: str = "auto") -> VideoInfo:
 
 
 def _probe_pyav(path: Path) -> VideoInfo:
-    import av
-
     container, stream = _open_pyav(path)
     try:
         header = _header(container, stream)

@@ -151,7 +151,12 @@ def vocabulary() -> frozenset[str]:
 # ---------------------------------------------------------------------------- scenes
 @dataclass(frozen=True)
 class Event:
-    """One object doing one motion; ``ux, uy`` in [0, 1) place it (see ``_render``)."""
+    """One object doing one motion.
+
+    ``ux, uy`` in [0, 1) place it (see ``_render.trajectory``); ``wording`` picks its
+    synonyms in captions. Both travel with the event when a hard negative reorders
+    events, so the reordered video looks and reads the same except for the order.
+    """
 
     colour: str
     shape: str
@@ -159,6 +164,7 @@ class Event:
     motion: str
     ux: float
     uy: float
+    wording: int = 0
 
     @property
     def attributes(self) -> tuple[str, str, str, str]:
@@ -257,8 +263,8 @@ def _compose(events: tuple[Event, ...], rng: np.random.Generator) -> str:
         return options[min(int(x * len(options)), len(options) - 1)]
 
     clauses, gerunds = [], []
-    for i, e in enumerate(events):
-        s, c, h, m = u[4 * i: 4 * i + 4]
+    for e in events:
+        s, c, h, m = u[4 * e.wording: 4 * e.wording + 4]
         words = f"{choose(SIZE_WORDS[e.size], s)} {choose(COLOUR_WORDS[e.colour], c)} " \
                 f"{choose(SHAPE_WORDS[e.shape], h)}"
         np_ = f"{_article(words)} {words}"
@@ -348,7 +354,11 @@ class Synthetic(DatasetPlugin):
         self.frame_size = _check_int("frame_size", frame_size, 16, 1024)
         # at most 3 events: longer captions would not fit max_words tokens
         self.min_events = _check_int("min_events", min_events, 1, 3)
-        self.max_events = _check_int("max_events", max_events, self.min_events, 3)
+        self.max_events = _check_int("max_events", max_events, 1, 3)
+        if self.max_events < self.min_events:
+            raise ConfigError(f"synthetic options min_events={self.min_events} and "
+                              f"max_events={self.max_events}: min_events is larger",
+                              hint="set min_events <= max_events (both in [1, 3])")
         self.seconds_per_event = _check_int("seconds_per_event", seconds_per_event, 2, 20)
         # base + at most one neighbour per kind (1 disables hard-negative groups)
         self.group_size = _check_int("group_size", group_size, 1, 1 + len(HARD_NEGATIVE_KINDS))
@@ -395,7 +405,7 @@ class Synthetic(DatasetPlugin):
         return split, index
 
     def annotation_files(self, split: str) -> list[str]:
-        """None: captions are generated, not read."""
+        """Empty: captions are generated, nothing is read."""
         self._check_split(split)
         return []
 
@@ -430,12 +440,16 @@ class Synthetic(DatasetPlugin):
             size = _pick(rng, SIZES)
             motion = _pick(rng, _motions_for(shape))
             ux, uy = (float(x) for x in rng.random(2))
-            events.append(Event(colour, shape, size, motion, ux, uy))
+            events.append(Event(colour, shape, size, motion, ux, uy, wording=k))
         return background, jitter, tuple(events)
 
     def scene(self, split: str, index: int) -> Scene:
         """The scene of video ``index`` of ``split``: a function of (seed, split, index)."""
-        self._check_split(split)
+        n = self.num_videos(split)
+        if not 0 <= int(index) < n:
+            raise AnnotationError(f"{self.name}: index {index} is outside split {split!r} "
+                                  f"({n} videos with these options)",
+                                  hint=f"use an index in [0, {n - 1}] or raise num_{split}")
         domain = self.domain(split)
         group, member = divmod(int(index), self.group_size)
         background, jitter, events = self._base(split, group)

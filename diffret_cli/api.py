@@ -1,0 +1,101 @@
+"""The Python API: everything the CLI does, callable from a notebook or a script.
+
+    from diffret_cli import api
+
+    model = api.load("runs/quickstart-20261123-101500")          # run dir or checkpoint
+    texts = api.encode_texts(model, ["a red circle moves left"])
+    videos = api.encode_videos(model, frames)                    # uint8 [N,T,H,W,3] or list of them
+    scores = api.score(model, texts, videos)                     # stage-1 S [N_text, N_video]
+    t2v, v2t = api.rerank(model, scores, texts, videos)          # diffusion re-ranked
+
+    model = api.convert_official("best.pth")                     # official DiffusionRet weights
+    api.save(model, "checkpoints/converted")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffret_cli.checkpoint import load_model, save_model
+from diffret_cli.model.diffusionret import DiffusionRet, TextFeatures, VideoFeatures
+from diffret_cli.preprocess import frames_to_tensor, select_frame_indices
+from diffret_cli.rerank import rerank as _rerank
+
+__all__ = ["build", "load", "save", "convert_official", "encode_texts", "encode_videos", "score", "rerank",
+           "TextFeatures", "VideoFeatures"]
+
+
+def build(config: dict | None = None, *, load_pretrained: bool = True) -> DiffusionRet:
+    """A model from a config (see ``diffret_cli.model.diffusionret.DEFAULT_CONFIG``)."""
+    return DiffusionRet(config, load_pretrained=load_pretrained)
+
+
+def load(path: str | Path, *, device: str = "cpu") -> DiffusionRet:
+    """A model from a checkpoint directory or a run directory (its best checkpoint)."""
+    return load_model(Path(path), map_location=device).eval()
+
+
+def save(model: DiffusionRet, directory: str | Path) -> Path:
+    return save_model(model, Path(directory))
+
+
+def convert_official(path: str | Path, **config_overrides) -> DiffusionRet:
+    from diffret_cli import convert
+
+    return convert.convert_official(convert.load_official(Path(path)), config_overrides=config_overrides)
+
+
+@torch.no_grad()
+def encode_texts(model: DiffusionRet, texts: list[str], *, batch_size: int = 256) -> TextFeatures:
+    from diffret_cli.features import encode_texts as _enc
+
+    device = next(model.parameters()).device
+    return _enc(model.eval(), list(texts), batch_size=batch_size, device=device)
+
+
+@torch.no_grad()
+def encode_videos(model: DiffusionRet, videos, *, batch_size: int = 16) -> VideoFeatures:
+    """``videos``: a uint8 array [N,T,H,W,3] or a list of [T,H,W,3] arrays (any T, any size)."""
+    enc, max_frames = model.encoder, model.config["max_frames"]
+    device = next(model.parameters()).device
+    model.eval()
+    feats, masks = [], []
+    batch = []
+
+    def flush():
+        x = torch.stack([b[0] for b in batch]).to(device)
+        m = torch.stack([b[1] for b in batch]).to(device)
+        v = model.encode_video(x, m)
+        feats.append(v.frames)
+        masks.append(m)
+        batch.clear()
+
+    for frames in videos:
+        frames = np.asarray(frames)
+        frames = frames[select_frame_indices(len(frames), max_frames)]
+        batch.append(frames_to_tensor(frames, image_size=enc.image_size, mean=enc.image_mean, std=enc.image_std,
+                                      max_frames=max_frames))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return VideoFeatures(torch.cat(feats), torch.cat(masks))
+
+
+@torch.no_grad()
+def score(model: DiffusionRet, texts: TextFeatures, videos: VideoFeatures) -> torch.Tensor:
+    """Stage-1 similarity S [N_text, N_video] (paper Eq. 10)."""
+    return model.similarity_matrix(texts, videos)
+
+
+@torch.no_grad()
+def rerank(model: DiffusionRet, scores: torch.Tensor, texts: TextFeatures, videos: VideoFeatures, *,
+           steps: int | None = None, topk: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion re-ranked (t2v [N_text, N_video], v2t [N_video, N_text])."""
+    sampler = model.make_sampler(sample_steps=steps) if steps else model.make_sampler()
+    g = torch.Generator(device=scores.device).manual_seed(seed)
+    return _rerank(scores, model=model, text_cls=texts.cls, video_frames=videos.frames, video_mask=videos.mask,
+                   sampler=sampler, topk_t2v=topk, topk_v2t=topk, generator=g)
