@@ -38,6 +38,20 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: the backward of
+    ``torch.distributed.nn.functional.all_gather`` on gloo silently returns wrong
+    gradients for a non-contiguous one (seen on the video features' slice)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping gradients to the local part.
 
@@ -49,7 +63,7 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _ContiguousGrad.apply(torch.cat(all_gather(x.contiguous()), dim=0))
 
 
 def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

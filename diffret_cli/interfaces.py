@@ -219,6 +219,9 @@ class DatasetPlugin(ConfigurablePlugin, ABC):
 
         return find_video_file(source, self.video_dirs(), entry)
 
+    #: frames per second of what ``generate`` returns (generated datasets only)
+    generated_fps: ClassVar[float] = 1.0
+
     def generate(self, entry: VideoEntry) -> "np.ndarray | None":
         """Frames of a procedurally generated video ([T,H,W,3] uint8), or None for a
         dataset read from files. Lets ``synthetic`` skip video files entirely."""

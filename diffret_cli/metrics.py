@@ -70,7 +70,11 @@ def v2t_ranks(v2t: torch.Tensor, caption_video: np.ndarray) -> np.ndarray:
     else:  # max over each video's captions: [V, V]
         group = torch.full((num_videos, num_videos), float("-inf"), dtype=v2t.dtype, device=v2t.device)
         group = group.scatter_reduce(1, cv.expand(num_videos, -1), v2t, reduce="amax")
-    return ranks_from_scores(group, np.arange(num_videos))
+    # a video with no caption has no ground truth: it is not a video-to-text query
+    has = torch.zeros(num_videos, dtype=torch.bool, device=group.device)
+    has[cv] = True
+    rows = torch.nonzero(has).squeeze(1)
+    return ranks_from_scores(group[rows], rows.cpu().numpy())
 
 
 def retrieval_metrics(t2v: torch.Tensor, v2t: torch.Tensor | None, caption_video: np.ndarray) -> dict:

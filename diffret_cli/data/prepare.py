@@ -203,8 +203,10 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
         if frames is None or len(frames) == 0:
             return _skip(vid, "no-frames", "the generator returned no frames")
         frames = _downscale(np.ascontiguousarray(frames, dtype=np.uint8), st.short_side)
-        ts = np.arange(len(frames), dtype=np.float64) / st.fps
-        meta = {**key, "status": "ok", "reason": "", "duration": len(frames) / st.fps, "backend": "generated"}
+        # a generator renders at its own rate (DatasetPlugin.generated_fps), not at --fps
+        rate = float(getattr(st.plugin, "generated_fps", st.fps) or st.fps)
+        ts = np.arange(len(frames), dtype=np.float64) / rate
+        meta = {**key, "status": "ok", "reason": "", "duration": len(frames) / rate, "backend": "generated"}
         cache.write(vid, frames, ts, metadata=meta)
         return {"video_id": vid, "status": "ok", "reason": "", "video_path": "", "duration": meta["duration"],
                 "num_frames": len(frames), "cached": False, "written": len(frames)}

@@ -172,7 +172,7 @@ def _check_file(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise DecodeError(f"video file not found: {p}",
                           hint="check the path, or the video directory the dataset was "
-                               "prepared from; `diffret data check` lists missing videos")
+                               "prepared from; `diffret data info NAME` lists missing videos")
     if p.is_dir():
         raise DecodeError(f"expected a video file, got a directory: {p}",
                           hint="pass the path of a video file inside it")

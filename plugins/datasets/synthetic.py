@@ -186,8 +186,9 @@ class Scene:
     domain: str  # "in" (synthetic, synthetic-shift train) or "shift"
     group: int
     member: int
-    change: str  # "base", the HARD_NEGATIVE_KINDS entry that makes it differ from base,
-    #: or "independent" (a rare fallback scene unrelated to the base)
+    # "base"; the HARD_NEGATIVE_KINDS entry by which it differs from its group's base;
+    # or "independent" (fallback when a group has more members than valid kinds)
+    change: str
     background: str
     jitter: int
     events: tuple[Event, ...]
