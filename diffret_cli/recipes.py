@@ -42,7 +42,8 @@ __all__ = [
     "load_recipe", "parse_value", "validate_recipe",
 ]
 
-MODEL_FORMAT = "diffret-model/1"
+from diffret_cli.model.config import DEFAULT_CONFIG as MODEL_DEFAULTS  # noqa: E402
+from diffret_cli.model.config import FORMAT as MODEL_FORMAT  # noqa: E402
 LOSS_KINDS = ("kl", "mse")  # diffret_cli.losses.generation_loss_from_output
 FEATURE_DTYPES = ("float16", "bfloat16", "float32")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -70,18 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "reproduces": {"paper": None, "published": {}, "notes": None},
     "dataset": {"name": None, "options": {}, "train_split": "train", "val_split": "val",
                 "test_split": "test"},
-    "model": {
-        "format": MODEL_FORMAT,
-        "encoder": {"name": "open_clip", "args": {}},
-        "temporal": {"layers": 4, "heads": None, "max_frames": None, "init_from_text": True},
-        "similarity": {"chunk_size": 256},
-        "denoisers": {"t2v": {"name": "t2v", "args": {}}, "v2t": {"name": "v2t", "args": {}}},
-        "sampler": {"name": "ddim", "args": {"schedule": "cosine", "num_steps": 50}},
-        "rerank": {"topk_t2v": 32, "topk_v2t": 32, "alpha_t2v": 1.0, "alpha_v2t": 1.0,
-                   "tau_t2v": 1.0, "tau_v2t": 1.0, "chunk_size": 64},
-        "max_words": 32,
-        "max_frames": 12,
-    },
+    "model": copy.deepcopy(MODEL_DEFAULTS),
     "stage1": {"epochs": 5, "batch_size": 128, "lr": 1.0e-4, "encoder_lr": 1.0e-7,
                "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.98],
                "eps": 1.0e-6, "freeze_encoder": False},

@@ -85,6 +85,10 @@ def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(tr["precision"], device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # leave the loader workers their cores: oversubscribed intra-op threads make
+        # small CPU models ten times slower
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size - tr["num_workers"]))
     stages = stages or list(tr["stages"])
     torch.manual_seed(tr["seed"])
 

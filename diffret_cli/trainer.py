@@ -277,15 +277,7 @@ def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
     trainable = {n: p for n, p in named if p.requires_grad}
     ema = EMA(trainable, tr["ema"]) if tr.get("ema") else None
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.precision == "fp16")
-    start_epoch, start_batch, best = 0, 0, -float("inf")
-    rs = ctx.resume_state
-    if rs and rs["stage"] == stage:
-        opt.load_state_dict(rs["optimizer"])
-        sched.load_state_dict(rs["scheduler"])
-        start_epoch, start_batch, best = rs["epoch"], rs["batch"], rs["best"]
-        if ema and rs.get("ema"):
-            ema.shadow = rs["ema"]
-        _set_rng_state(rs["rng"], None)
+    start_epoch, start_batch, best = _restore(ctx.resume_state, stage, opt, sched, ema, None)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
@@ -334,15 +326,7 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
     ema = EMA(trainable, tr["ema"]) if tr.get("ema") else None
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.precision == "fp16")
     gen = torch.Generator().manual_seed(seed + 7919 * (ctx.dist.rank + 1))
-    start_epoch, start_batch, best = 0, 0, -float("inf")
-    rs = ctx.resume_state
-    if rs and rs["stage"] == stage:
-        opt.load_state_dict(rs["optimizer"])
-        sched.load_state_dict(rs["scheduler"])
-        start_epoch, start_batch, best = rs["epoch"], rs["batch"], rs["best"]
-        if ema and rs.get("ema"):
-            ema.shadow = rs["ema"]
-        _set_rng_state(rs["rng"], gen)
+    start_epoch, start_batch, best = _restore(ctx.resume_state, stage, opt, sched, ema, gen)
     cv = torch.from_numpy(caption_video).to(ctx.device)
 
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -406,6 +390,19 @@ def _state(stage, epoch, batch, best, opt, sched, ema, gen) -> dict:
     return {"stage": stage, "epoch": epoch, "batch": batch, "best": best,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "ema": ema.shadow if ema else None, "rng": _rng_state(gen)}
+
+
+def _restore(rs: dict | None, stage: int, opt, sched, ema, gen) -> tuple[int, int, float]:
+    """(epoch, batch, best score) to start from; restores optimiser, scheduler, EMA and
+    RNG state when resuming inside this stage."""
+    if not rs or rs["stage"] != stage:
+        return 0, 0, -float("inf")
+    opt.load_state_dict(rs["optimizer"])
+    sched.load_state_dict(rs["scheduler"])
+    if ema and rs.get("ema"):
+        ema.shadow = rs["ema"]
+    _set_rng_state(rs["rng"], gen)
+    return rs["epoch"], rs["batch"], rs["best"]
 
 
 def _progress_task(ctx: RunContext, desc: str, total: int, done: int):

@@ -305,7 +305,8 @@ def test_generation_loss_and_gradients(direction):
     assert_close(out, ref[p + "model_output"], "model output")
     assert float(loss.detach()) == pytest.approx(float(ref[p + "loss"]), rel=1e-5)
     per = generation_loss_from_output(out.detach(), x0, temp=float(hp["d_temp"]), reduction="none")
-    assert_close(per, ref[p + "per_sample_loss"], "per-sample loss", atol=1e-5 * float(ref[p + "per_sample_loss"].abs().max()))
+    ref_per = ref[p + "per_sample_loss"]
+    assert_close(per, ref_per, "per-sample loss", atol=1e-5 * float(ref_per.abs().max()))
     loss.backward()
     grads = {n: q.grad for n, q in m.named_parameters() if q.grad is not None}
     norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
@@ -411,7 +412,8 @@ def full_eval():
     model = convert_official(fx.weights(name), config_overrides={
         "max_words": int(mc["L"]), "max_frames": int(mc["T"]),
         "denoisers": {"t2v": den_args, "v2t": den_args},
-        "sampler": {"name": "ddim", "args": {"schedule": mc["noise_schedule"], "num_steps": int(mc["diffusion_steps"])}},
+        "sampler": {"name": "ddim",
+                    "args": {"schedule": mc["noise_schedule"], "num_steps": int(mc["diffusion_steps"])}},
         "rerank": {"topk_t2v": int(mc["t2v_num"]), "topk_v2t": int(mc["v2t_num"]),
                    "alpha_t2v": float(mc["t2v_alpha"]), "alpha_v2t": float(mc["v2t_alpha"]),
                    "tau_t2v": float(mc["t2v_temp"]), "tau_v2t": float(mc["v2t_temp"]), "chunk_size": chunk},

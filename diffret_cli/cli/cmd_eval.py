@@ -95,7 +95,7 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
             _print_table(f"{dataset} {split} ({res['num_captions']} captions, {res['num_videos']} videos)", res)
 
 
-@click.command("eval")
+@click.command("eval", epilog="\b\nExamples:\n  diffret eval runs/quickstart-20261123-101500\n  diffret eval runs/msrvtt --dataset msrvtt --steps 10 --topk 16\n  diffret eval runs/msrvtt --dataset msrvtt --qb-norm --json\n  diffret eval --out-domain msrvtt:didemo\n  diffret eval checkpoints/converted --dataset msrvtt --split test")
 @click.argument("run_or_checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="Prepared dataset to evaluate on (default: the run's).")
 @click.option("--split", default="test", show_default=True)
@@ -116,14 +116,6 @@ def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, ou
              qb_bank_size: int, seed: int, device: str, batch_size: int, as_json: bool) -> None:
     """Evaluate a run directory or checkpoint: R@1/5/10/50, MdR, MnR, Rsum, both directions,
     for the stage-1 scores and the diffusion re-ranked scores.
-
-    \b
-    Examples:
-      diffret eval runs/quickstart-20261123-101500
-      diffret eval runs/msrvtt --dataset msrvtt --steps 10 --topk 16
-      diffret eval runs/msrvtt --dataset msrvtt --qb-norm --json
-      diffret eval --out-domain msrvtt:didemo
-      diffret eval checkpoints/converted --dataset msrvtt --split test
     """
     from diffret_cli.checkpoint import load_model, resolve_checkpoint_dir
     from diffret_cli.runs import save_eval

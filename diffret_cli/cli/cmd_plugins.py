@@ -9,19 +9,13 @@ from rich.table import Table
 from diffret_cli.registry import KINDS, registry
 
 
-@click.group()
+@click.group(epilog="\b\nExamples:\n  diffret plugins list\n  diffret plugins list --kind samplers --load\n  DIFFRET_DISABLE_PLUGIN_AUTOLOAD=1 diffret plugins list   # built-ins only")
 def plugins() -> None:
     """List and inspect installed plugins.
-
-    \b
-    Examples:
-      diffret plugins list
-      diffret plugins list --kind samplers --load
-      DIFFRET_DISABLE_PLUGIN_AUTOLOAD=1 diffret plugins list   # built-ins only
     """
 
 
-@plugins.command("list")
+@plugins.command("list", epilog="\b\nExamples:\n  diffret plugins list\n  diffret plugins list --kind denoisers --load")
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Only this kind.")
 @click.option("--load/--no-load", default=False,
               help="Import every plugin to report import errors (default: names only).")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"ignore_unknown_options": False}, epilog="\b\nExamples:\n  diffret train --recipe quickstart\n  diffret train --recipe diffusionret-msrvtt --run-dir runs/msrvtt\n  diffret train --recipe diffusionret-msrvtt stage1.batch_size=64 train.seed=1\n  diffret train --recipe diffusionret-msrvtt --stage 2 --run-dir runs/msrvtt\n  diffret train --recipe diffusionret-msrvtt --run-dir runs/msrvtt --resume\n  torchrun --nproc_per_node 8 -m diffret_cli.cli.main train --recipe diffusionret-msrvtt")
 @click.option("--recipe", "recipe_name", required=True, help="Recipe name (`diffret recipes list`) or a .yaml path.")
 @click.argument("overrides", nargs=-1)
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
@@ -23,15 +23,6 @@ import click
 def train(recipe_name: str, overrides: tuple[str, ...], run_dir: Path | None, data_root: Path | None,
           stage: str, resume: bool, run_eval: bool, quiet: bool) -> None:
     """Train a recipe. OVERRIDES are key=value pairs (dotted keys into the recipe).
-
-    \b
-    Examples:
-      diffret train --recipe quickstart
-      diffret train --recipe diffusionret-msrvtt --run-dir runs/msrvtt
-      diffret train --recipe diffusionret-msrvtt stage1.batch_size=64 train.seed=1
-      diffret train --recipe diffusionret-msrvtt --stage 2 --run-dir runs/msrvtt
-      diffret train --recipe diffusionret-msrvtt --run-dir runs/msrvtt --resume
-      torchrun --nproc_per_node 8 -m diffret_cli.cli.main train --recipe diffusionret-msrvtt
     """
     from diffret_cli.recipes import load_recipe
     from diffret_cli.runs import new_run_dir, train as run_train

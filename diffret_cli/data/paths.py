@@ -16,6 +16,7 @@ Layout under the data root (one folder per dataset)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -77,26 +78,33 @@ REPORT_JSON = "prepare_report.json"
 
 
 # ----------------------------------------------------------------------- safe writes
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside ``path``; when the block succeeds, fsync it and rename it
+    over ``path``, so readers see the old file or the new one, never half.
 
-    A temp file in the same directory (same filesystem, so ``os.replace`` is atomic),
-    fsync'd before the rename, and the directory fsync'd after it (where supported), so
-    a crash or ``kill -9`` leaves at most a stray ``.tmp-*`` file that nothing reads.
+    Same directory (same filesystem, so ``os.replace`` is atomic), fsync'd before the
+    rename and the directory fsync'd after it (where supported): a crash or ``kill -9``
+    leaves at most a stray ``.tmp-*`` file that nothing reads.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{path.name}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
