@@ -22,7 +22,6 @@ random state, so a killed run ends where an uninterrupted one would.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from diffret_cli.checkpoint import atomic_write_bytes, atomic_write_json, save_model
+from diffret_cli.checkpoint import atomic_write_bytes, save_model
 from diffret_cli.distributed import DistInfo, barrier, gather_no_grad, gather_with_grad
 from diffret_cli.evaluate import evaluate_split, selection_score
 from diffret_cli.features import (SplitTexts, autocast_for, encode_texts, encode_videos, load_features,
@@ -497,10 +496,6 @@ def load_best_stage1(run_dir: Path, model: DiffusionRet) -> None:
         model.load_state_dict(own, strict=True)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_json(path, obj)
-
-
 def jsonl_logger(path: Path, dist: DistInfo, writer=None) -> Callable[[dict], None]:
     def log(record: dict) -> None:
         if not dist.is_main:
@@ -514,6 +509,3 @@ def jsonl_logger(path: Path, dist: DistInfo, writer=None) -> Callable[[dict], No
             writer.add_scalar(f"stage{record['stage']}/lr", record["lr"], step)
     return log
 
-
-def deep_copy(obj):
-    return copy.deepcopy(obj)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from diffret_cli.errors import ConfigError
-from diffret_cli.model.config import DEFAULT_CONFIG, FORMAT, merge_config  # noqa: F401 - re-exported
+from diffret_cli.model.config import DEFAULT_CONFIG, merge_config
 from diffret_cli.model.similarity import TokenWiseSimilarity
 from diffret_cli.model.temporal import TemporalTransformer
 from diffret_cli.registry import create, plugin_version

@@ -19,6 +19,14 @@ class LinearSchedule(NoiseSchedule):
         self.beta_scale = float(beta_scale)
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
+        top = self.beta_scale * 1000 / self.num_steps * self.beta_end
+        if not 0 < top < 1:
+            # the rescaling keeps the total noise of a 1000-step schedule; with too few
+            # steps that needs beta >= 1, which is no diffusion at all
+            fewest = int(self.beta_scale * 1000 * self.beta_end) + 1
+            raise ValueError(f"the linear schedule with num_steps={self.num_steps} and beta_scale="
+                             f"{self.beta_scale} needs beta_T = {top:.3g} >= 1; use num_steps >= {fewest} "
+                             "or the cosine schedule")
 
     def config(self) -> dict:
         return {"num_steps": self.num_steps, "beta_scale": self.beta_scale,
