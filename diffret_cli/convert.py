@@ -109,13 +109,32 @@ def load_official(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+def official_name(diffret_name: str) -> str:
+    """The official name of a diffret state-dict key (inverse of :data:`PREFIX_MAP`)."""
+    for src, dst in PREFIX_MAP:
+        if diffret_name.startswith(dst):
+            return src + diffret_name[len(dst):]
+    return diffret_name
+
+
 def convert_official(official: dict[str, torch.Tensor], *, config_overrides: dict | None = None):
     """Build a DiffusionRet model holding the official weights (strict)."""
     from diffret_cli.model.diffusionret import DiffusionRet, merge_config
 
     cfg = merge_config(infer_config(official), config_overrides or {}, path="x.")
     model = DiffusionRet(cfg, load_pretrained=False)
-    load_strict(model, map_official_state_dict(official), source="official checkpoint")
+    mapped = map_official_state_dict(official)
+    expected = set(model.state_dict())
+    missing = sorted(official_name(k) for k in expected - set(mapped))
+    unexpected = sorted(official_name(k) for k in set(mapped) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the official checkpoint does not match the architecture read from its shapes: "
+            f"{len(missing)} missing official keys {missing[:20]}, {len(unexpected)} unexpected {unexpected[:20]}",
+            hint="convert a complete DiffusionRet best.pth of the wti/seqTransf model (stage-1-only "
+            "checkpoints lack the diffusion_model* keys); official -> diffret prefixes: "
+            + ", ".join(f"{a}* -> {b}*" for a, b in PREFIX_MAP))
+    load_strict(model, mapped, source="official checkpoint")
     return model
 
 

@@ -48,11 +48,12 @@ def evaluate_split(model, split, *, device, precision: str = "auto", batch_size:
 
         bank = encode_texts(model, qb_bank, batch_size=batch_size, device=device, precision=precision)
         bank_t2v = model.similarity_matrix(bank, vf)  # [B, V]
-        rows["stage1+qbnorm"] = retrieval_metrics(qb_norm(sim, bank_t2v, beta=qb_beta, k=qb_k), sim.t(),
+        # the query bank holds captions, so QB-Norm applies to text-to-video only
+        rows["stage1+qbnorm"] = retrieval_metrics(qb_norm(sim, bank_t2v, beta=qb_beta, k=qb_k), None,
                                                   texts.caption_video)
         if fused is not None:
             rows["diffusion+qbnorm"] = retrieval_metrics(qb_norm(fused[0], bank_t2v, beta=qb_beta, k=qb_k),
-                                                         fused[1], texts.caption_video)
+                                                         None, texts.caption_video)
     return {
         "rows": rows,
         "num_captions": len(texts.captions),

@@ -66,11 +66,13 @@ def check_run_dir(run_dir: Path) -> Path:
 def _progress(enabled: bool):
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-                    TextColumn("{task.fields[rate]:.1f} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn())
+                    TextColumn("{task.fields[rate]:.1f} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True))
 
 
 def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume: bool = False,
@@ -85,7 +87,7 @@ def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(tr["precision"], device)
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+    if device.type == "cpu" and tr["num_workers"] > 0 and "OMP_NUM_THREADS" not in os.environ:
         # leave the loader workers their cores: oversubscribed intra-op threads make
         # small CPU models ten times slower
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size - tr["num_workers"]))

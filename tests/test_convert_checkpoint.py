@@ -110,10 +110,10 @@ def test_mismatched_best_pth_fails_with_the_keys(change, tmp_path, capsys):
     sd = fx.weights(FIXTURE)
     if change == "missing":
         del sd["diffusion_model_v.proj.bias"]
-        expect = "denoiser_v2t.proj.bias"
+        expect = "diffusion_model_v.proj.bias"  # named as in the user's file
     elif change == "extra":  # a known prefix, but no such parameter
         sd["diffusion_model.extra_head.weight"] = torch.zeros(2, 2)
-        expect = "denoiser_t2v.extra_head.weight"
+        expect = "diffusion_model.extra_head.weight"
     else:  # a prefix no diffret module has
         sd["cross_transformer.layer0.weight"] = torch.zeros(2, 2)
         expect = "cross_transformer.layer0.weight"

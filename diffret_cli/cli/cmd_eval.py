@@ -35,12 +35,14 @@ def _print_table(title: str, result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("scores")
+    table.add_column("scores", no_wrap=True)
     table.add_column("direction")
     for c in METRIC_COLUMNS:
         table.add_column(c, justify="right")
     for row, r in result["rows"].items():
         for direction in ("t2v", "v2t"):
+            if direction not in r:
+                continue
             m = r[direction]
             table.add_row(row, direction, *[f"{m[c]:.1f}" for c in METRIC_COLUMNS])
     Console().print(table)

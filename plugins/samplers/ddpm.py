@@ -6,7 +6,7 @@ import torch
 
 from diffret_cli.diffusion import extract
 from diffret_cli.interfaces import SampleResult
-from diffret_plugins.samplers._base import FullSampler
+from diffret_plugins.samplers.base import FullSampler
 
 
 class DDPMSampler(FullSampler):

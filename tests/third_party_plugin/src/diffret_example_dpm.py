@@ -22,7 +22,7 @@ import math
 import torch
 
 from diffret_cli.interfaces import SampleResult
-from diffret_plugins.samplers._base import FullSampler
+from diffret_plugins.samplers.base import FullSampler
 
 
 class DPMSolver2MSampler(FullSampler):

@@ -1,0 +1,115 @@
+"""`diffret eval` end to end on a tiny trained run, and the Python API on the same run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from diffret_cli.cli.main import cli
+from diffret_cli.runs import train
+from train_helpers import prepare_synthetic, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_cli")
+    data_root = prepare_synthetic(root / "data", num_train=16, num_val=8, num_test=8)
+    run_dir = root / "runs" / "tiny-1"
+    train(tiny_recipe(), run_dir=run_dir, data_root=data_root, progress=False)
+    return run_dir, data_root
+
+
+def _eval(args, data_root):
+    res = CliRunner().invoke(cli, ["eval", *args, "--data-root", str(data_root), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_eval_json_rows_and_settings(trained):
+    run_dir, data_root = trained
+    out = _eval([str(run_dir), "--steps", "5", "--topk", "2"], data_root)
+    assert set(out["rows"]) == {"stage1", "diffusion"}
+    assert out["settings"]["steps"] == 5 and out["settings"]["topk_t2v"] == 2
+    assert out["num_captions"] == 32 and out["num_videos"] == 8 and out["protocol"] == "multi"
+    for row in out["rows"].values():
+        assert row["t2v"]["queries"] == 32 and row["v2t"]["queries"] == 8
+        assert 0 <= row["t2v"]["R@1"] <= row["t2v"]["R@5"] <= row["t2v"]["R@10"] <= 100
+    # diffusion only reorders within the top-k: rank-1 videos can change, R@k for k >= topk cannot
+    assert out["rows"]["diffusion"]["t2v"]["R@5"] >= 0
+    saved = json.loads((run_dir / "eval" / "synthetic-test.json").read_text())
+    assert saved["rows"] == out["rows"]
+
+
+def test_no_rerank_gives_stage1_only_and_the_same_stage1(trained):
+    run_dir, data_root = trained
+    full = _eval([str(run_dir)], data_root)
+    s1 = _eval([str(run_dir), "--no-rerank"], data_root)
+    assert set(s1["rows"]) == {"stage1"}
+    assert s1["rows"]["stage1"] == full["rows"]["stage1"]
+
+
+def test_qb_norm_rows_are_extra_and_leave_raw_rows_alone(trained):
+    run_dir, data_root = trained
+    raw = _eval([str(run_dir)], data_root)
+    qb = _eval([str(run_dir), "--qb-norm"], data_root)
+    assert set(qb["rows"]) == {"stage1", "diffusion", "stage1+qbnorm", "diffusion+qbnorm"}
+    assert qb["rows"]["stage1"] == raw["rows"]["stage1"]
+    assert qb["rows"]["diffusion"] == raw["rows"]["diffusion"]
+    assert set(qb["rows"]["stage1+qbnorm"]) == {"t2v"}  # the bank holds captions: t2v only
+
+
+def test_out_domain_with_and_without_a_run(trained, monkeypatch):
+    run_dir, data_root = trained
+    both = _eval([str(run_dir), "--out-domain", "synthetic:synthetic-shift", "--no-rerank"], data_root)
+    assert set(both) == {"in-domain:synthetic", "out-of-domain:synthetic-shift"}
+    assert both["out-of-domain:synthetic-shift"]["split"] == "test"
+    # without RUN, the newest run under ./runs trained on SRC is used
+    monkeypatch.chdir(run_dir.parent.parent)
+    found = _eval(["--out-domain", "synthetic:synthetic-shift", "--no-rerank"], data_root)
+    assert found["in-domain:synthetic"]["rows"] == both["in-domain:synthetic"]["rows"]
+    assert found["in-domain:synthetic"]["checkpoint"].endswith("checkpoints/best")
+
+
+def test_out_domain_without_any_run_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["eval", "--out-domain", "msrvtt:didemo"])
+    assert res.exit_code != 0
+    assert "no finished run trained on 'msrvtt'" in str(res.exception) or "msrvtt" in res.output
+
+
+def test_python_api_matches_the_evaluation(trained):
+    from diffret_cli import api
+    from diffret_cli.data.manifest import PreparedDataset
+    from diffret_cli.evaluate import evaluate_split
+
+    run_dir, data_root = trained
+    model = api.load(run_dir)
+    split = PreparedDataset.open(data_root, "synthetic").split("test")
+    captions = [c for v in split.videos for c in v.captions]
+    texts = api.encode_texts(model, captions)
+    videos = api.encode_videos(model, [split.frames(v.video_id)[0] for v in split.videos])
+    scores = api.score(model, texts, videos)
+    assert scores.shape == (32, 8) and torch.isfinite(scores).all()
+    t2v, v2t = api.rerank(model, scores, texts, videos, steps=5, topk=2)
+    assert t2v.shape == (32, 8) and v2t.shape == (8, 32)
+    # the bonus is non-negative and lands only on each query's top 2
+    bonus = t2v - scores
+    assert (bonus >= 0).all() and ((bonus > 0).sum(dim=1) <= 2).all()
+    # the API's stage-1 scores give the CLI's stage-1 metrics
+    from diffret_cli.metrics import retrieval_metrics
+
+    owner = np.repeat(np.arange(8), [len(v.captions) for v in split.videos])
+    ev = evaluate_split(model, split, device=torch.device("cpu"), rerank_scores=False)
+    assert retrieval_metrics(scores, scores.t(), owner) == ev["rows"]["stage1"]
+
+
+def test_eval_of_a_missing_checkpoint_names_the_fix(tmp_path):
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "nope"), "--dataset", "synthetic"])
+    assert res.exit_code != 0
+    assert "no diffret checkpoint" in str(res.exception)
+    shutil.rmtree(tmp_path, ignore_errors=True)
