@@ -135,19 +135,29 @@ class OpenClipEncoder(Encoder):
 
     # weights -------------------------------------------------------------------------
     def _load_pretrained(self, model: str, tag: str) -> None:
+        """open_clip's own download (Hugging Face Hub, then the tag's URL), after a quick
+        check that one of them can be reached, so that offline it fails at once instead
+        of after its retries and timeouts."""
         import open_clip
 
         if tag not in open_clip.list_pretrained_tags_by_model(model):
             raise PluginError(f"open_clip has no pretrained tag {tag!r} for {model}",
                               hint=f"available: {', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}")
+        cfg = open_clip.get_pretrained_cfg(model, tag)
+        fix = ("download them where the network is reachable (they land in the Hugging Face cache; "
+               "copy it here and set HF_HUB_OFFLINE=1), or pass weights=/path/to/file (a state dict, "
+               ".safetensors, or OpenAI's ViT-B-32.pt)")
+        if not _in_hf_cache(cfg.get("hf_hub", ""), self.cache_dir):
+            reachable = [u for u in _endpoints(cfg) if _reachable(u)]
+            if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not reachable:
+                raise OfflineError(
+                    f"could not fetch open_clip weights {model}/{tag}: not in the local Hugging Face cache "
+                    f"and {', '.join(_endpoints(cfg)) or 'no source'} cannot be reached", hint=fix)
         try:
             src = open_clip.create_model(model, pretrained=tag, cache_dir=self.cache_dir)
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-            raise OfflineError(
-                f"could not fetch open_clip weights {model}/{tag}: {type(exc).__name__}: {exc}",
-                hint="download them where the network is reachable (they land in the Hugging Face "
-                "cache; copy it here and set HF_HUB_OFFLINE=1), or pass weights=/path/to/file "
-                "(a state dict, .safetensors, or OpenAI's ViT-B-32.pt)") from exc
+            raise OfflineError(f"could not fetch open_clip weights {model}/{tag}: {type(exc).__name__}: {exc}",
+                               hint=fix) from exc
         self.clip.load_state_dict(src.state_dict(), strict=True)
 
     def load_weights(self, path: Path) -> None:
@@ -240,6 +250,40 @@ def tiny_config(*, embed_dim: int = 64, width: int = 64, layers: int = 2, heads:
     }
 
 
-def offline_hint() -> str:
-    return ("set HF_HUB_OFFLINE=1 to use only the local cache" if not os.environ.get("HF_HUB_OFFLINE")
-            else "the local Hugging Face cache does not hold these weights")
+def _endpoints(cfg: dict) -> list[str]:
+    out = []
+    if cfg.get("hf_hub"):
+        out.append(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    if cfg.get("url"):
+        out.append(cfg["url"])
+    return out
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Can a TCP connection to the URL's host be opened (DNS included) within ``timeout``?"""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo: str, cache_dir: str | None) -> bool:
+    """Does the local Hugging Face cache hold a weights file of ``repo`` (``org/name/``)?"""
+    repo = repo.rstrip("/")
+    if not repo:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+        if isinstance(hit, str):
+            return True
+    return False
