@@ -261,7 +261,7 @@ def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
     if len(ds) < cfg["batch_size"]:
         raise ValueError(f"the training split has {len(ds)} pairs, fewer than one batch of {cfg['batch_size']}")
     steps_per_epoch = len(ds) // cfg["batch_size"]
-    total = steps_per_epoch * cfg["epochs"]
+    total = _total_steps(steps_per_epoch, cfg["epochs"], tr.get("max_steps"))
     for p in model.stage2_modules():
         p.requires_grad_(False)
     if cfg.get("freeze_encoder"):
@@ -298,8 +298,14 @@ def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
             if (b + 1) % tr["checkpoint_every"] == 0 and b + 1 < len(batches):
                 save_training_state(ctx, model, _state(stage, epoch, b + 1, best, opt, sched, ema, None))
             _maybe_interrupt(ctx)
-        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable)
-        save_training_state(ctx, model, _state(stage, epoch + 1, 0, best, opt, sched, ema, None))
+            if epoch * steps_per_epoch + b + 1 >= total:
+                break
+        done = epoch * steps_per_epoch + len(batches) >= total
+        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable, last=done)
+        save_training_state(ctx, model, _state(stage, cfg["epochs"] if done else epoch + 1, 0, best, opt, sched,
+                                               ema, None))
+        if done:
+            break
 
 
 def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
@@ -313,7 +319,7 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
     if n < cfg["batch_size"]:
         raise ValueError(f"the training split has {n} pairs, fewer than one batch of {cfg['batch_size']}")
     steps_per_epoch = n // cfg["batch_size"]
-    total = steps_per_epoch * cfg["epochs"]
+    total = _total_steps(steps_per_epoch, cfg["epochs"], tr.get("max_steps"))
     named = [(n_, p) for n_, p in model.named_parameters() if n_.startswith("denoiser_")]
     opt = torch.optim.AdamW(param_groups(named, lr=cfg["lr"], weight_decay=cfg["weight_decay"]),
                             betas=(0.9, 0.98), eps=1e-6)
@@ -349,8 +355,14 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
             if (b + 1) % tr["checkpoint_every"] == 0 and b + 1 < len(batches):
                 save_training_state(ctx, model, _state(stage, epoch, b + 1, best, opt, sched, ema, gen))
             _maybe_interrupt(ctx)
-        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable)
-        save_training_state(ctx, model, _state(stage, epoch + 1, 0, best, opt, sched, ema, gen))
+            if epoch * steps_per_epoch + b + 1 >= total:
+                break
+        done = epoch * steps_per_epoch + len(batches) >= total
+        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable, last=done)
+        save_training_state(ctx, model, _state(stage, cfg["epochs"] if done else epoch + 1, 0, best, opt, sched,
+                                               ema, gen))
+        if done:
+            break
 
 
 # ------------------------------------------------------------------------- helpers
@@ -426,9 +438,14 @@ def _maybe_interrupt(ctx: RunContext) -> None:
         raise Interrupted(f"stopped after {ctx.steps_done} steps (testing hook)")
 
 
-def _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable) -> float:
+def _total_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps of a stage: all its epochs, or ``train.max_steps`` when smaller."""
+    total = steps_per_epoch * epochs
+    return min(total, int(max_steps)) if max_steps else total
+
+
+def _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable, *, last: bool) -> float:
     every = ctx.recipe["train"]["val_every_epochs"]
-    last = epoch + 1 == ctx.recipe[f"stage{stage}"]["epochs"]
     if not (last or (every and (epoch + 1) % every == 0)):
         return best
     if not ctx.recipe["dataset"].get("val_split"):

@@ -120,3 +120,32 @@ def test_resume_of_empty_dir_errors(tmp_path, data_root):
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(tiny_recipe(), run_dir=tmp_path / "empty", data_root=data_root, progress=False, resume=True)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_max_steps_caps_each_stage_and_still_validates(tmp_path, data_root):
+    recipe = tiny_recipe(epochs1=3, epochs2=3)  # 4 steps an epoch, 12 a stage
+    recipe["train"]["max_steps"] = 5
+    run = train(recipe, run_dir=tmp_path / "r", data_root=data_root, progress=False)
+    recs = _records(run)
+    for stage in (1, 2):
+        steps = [r for r in recs if r.get("stage") == stage and "loss" in r]
+        assert len(steps) == 5, stage
+        vals = [r for r in recs if r.get("stage") == stage and "val" in r]
+        assert [v["epoch"] for v in vals] == [0, 1]  # epoch 0 ends normally, epoch 1 at the cap
+    assert (run / "checkpoints" / "stage2" / "best" / "model.safetensors").is_file()
+    assert trainer.load_training_state(run)["epoch"] == 3  # the stage counts as finished
+
+
+def test_ema_weights_are_what_is_validated_and_saved(tmp_path, data_root):
+    recipe = tiny_recipe(epochs1=1, epochs2=0, stages=(1,))
+    recipe["train"]["ema"] = 0.5
+    run = train(recipe, run_dir=tmp_path / "ema", data_root=data_root, progress=False)
+    state = trainer.load_training_state(run)
+    best = load_file(str(run / "checkpoints" / "stage1" / "best" / "model.safetensors"))
+    last = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    shadow = state["ema"]
+    assert shadow and all(k.startswith(("encoder.", "temporal.", "similarity.")) for k in shadow)
+    # the best checkpoint holds the EMA average, the last one the raw weights
+    name = "similarity.text_weight_fc.0.weight"
+    assert torch.equal(best[name], shadow[name])
+    assert not torch.equal(best[name], last[name])
