@@ -344,8 +344,8 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
             idx = torch.tensor(batches[b], device=ctx.device)
             vid = cv[idx]
             with autocast_for(ctx.device, ctx.precision):
-                loss, l1, l2 = ddp(text.tokens[idx], text.cls[idx], text.mask[idx], video.frames[vid],
-                                   video.mask[vid], vid, gen)
+                loss, l1, l2 = ddp(text.tokens[idx].float(), text.cls[idx].float(), text.mask[idx],
+                                   video.frames[vid].float(), video.mask[vid], vid, gen)
             _optimizer_step(loss, opt, sched, scaler, trainable.values(), cfg["grad_clip"])
             if ema:
                 ema.update(trainable)
