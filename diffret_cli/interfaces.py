@@ -77,9 +77,16 @@ class Encoder(nn.Module, ConfigurablePlugin, ABC):
 # -------------------------------------------------------------------------- denoisers
 @dataclass
 class DenoiserContext:
-    """Everything a denoiser computes once per query batch and reuses at every step."""
+    """Everything a denoiser computes once per query batch and reuses at every step.
+
+    ``state_shape`` is the shape of the state the sampler iterates ([B,K] scores for
+    DiffusionRet; [B,D] query embeddings for a DITS-style head) and ``anchor`` the state a
+    truncated sampler starts from (None for samplers that start from noise).
+    """
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    state_shape: tuple[int, ...] | None = None
+    anchor: torch.Tensor | None = None
 
 
 class Denoiser(nn.Module, ConfigurablePlugin, ABC):
@@ -108,6 +115,13 @@ class Denoiser(nn.Module, ConfigurablePlugin, ABC):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
                 video_mask: torch.Tensor) -> torch.Tensor:
         return self.step(x_t, t, self.prepare(text, video, video_mask))
+
+    def fuse(self, base: torch.Tensor, sample: torch.Tensor, ctx: DenoiserContext, *,
+             alpha: float = 1.0, tau: float = 1.0) -> torch.Tensor:
+        """New scores [B,K] of the candidates from their stage-1 scores ``base`` and the
+        sampler's output. DiffusionRet (Eq. 13): base + alpha * softmax(tau * x0); a head
+        whose state is an embedding (DITS) scores the candidates from it instead."""
+        return base + alpha * torch.softmax(tau * sample, dim=-1)
 
 
 # -------------------------------------------------------------------------- schedules

@@ -8,7 +8,8 @@ entry keeps S. The bonus is non-negative, so re-ranking only reorders within the
 Vectorised: candidates are gathered with one ``topk`` + indexing per chunk of queries and
 fused with one ``scatter_add``; the denoiser's step-invariant work runs once per chunk
 (:meth:`Denoiser.prepare`). The caller is generic over samplers: a full sampler draws
-x_T ~ N(0, I), a truncated one starts from an anchor the head provides.
+x_T ~ N(0, I), a truncated one (DITS) starts from the anchor the head's context provides
+(``DenoiserContext.anchor``), and the head's ``fuse`` turns the sample into scores.
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from diffret_cli.interfaces import Denoiser, Sampler
 #: noise_fn(direction, chunk_index, shape) -> the start state for that chunk; lets tests
 #: feed the official code's fixed noise. Default: sampler.start with a seeded generator.
 NoiseFn = Callable[[str, int, tuple[int, ...]], torch.Tensor]
-
-
-def fuse_scores(base_topk: torch.Tensor, sample: torch.Tensor, *, alpha: float, tau: float) -> torch.Tensor:
-    """DiffusionRet's fusion: base + alpha * softmax(tau * x0) over the K candidates."""
-    return base_topk + alpha * torch.softmax(tau * sample, dim=-1)
 
 
 @torch.no_grad()
@@ -53,14 +49,14 @@ def rerank_direction(scores: torch.Tensor, *, direction: str, denoiser: Denoiser
             ctx = denoiser.prepare(text_cls[rows], video_frames[cand], video_mask[cand])
         else:
             ctx = denoiser.prepare(text_cls[cand], video_frames[rows], video_mask[rows])
-        shape = (len(rows), k)
+        shape = ctx.state_shape or (len(rows), k)
         if noise_fn is not None:
             x = noise_fn(direction, chunk_index, shape).to(scores.device, scores.dtype)
         else:
-            x = sampler.start(shape=shape, anchor=None, generator=generator, device=scores.device,
+            x = sampler.start(shape=shape, anchor=ctx.anchor, generator=generator, device=scores.device,
                               dtype=scores.dtype)
         result = sampler.sample(lambda x_t, t: denoiser.step(x_t, t, ctx), x, generator=generator)
-        fused = fuse_scores(base, result.sample, alpha=alpha, tau=tau)
+        fused = denoiser.fuse(base, result.sample, ctx, alpha=alpha, tau=tau)
         out[rows[:, None], cand] = fused
         if record is not None:
             record.append({"rows": rows, "candidates": cand, "sample": result.sample})

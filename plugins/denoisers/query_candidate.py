@@ -130,7 +130,7 @@ class TextToVideoDenoiser(_QueryCandidateDenoiser):
             "k_c": F.linear(pooled, self.k_proj.weight),
             "v_c": F.linear(pooled, self.v_proj.weight),
             "dec_c": F.linear(pooled, w1_c, b1),
-        })
+        }, state_shape=tuple(pooled.shape[:2]))
 
     def step(self, x_t, t, ctx) -> torch.Tensor:
         c = ctx.tensors
@@ -158,7 +158,7 @@ class VideoToTextDenoiser(_QueryCandidateDenoiser):
             "k_c": F.linear(text, self.k_proj.weight),
             "v_c": F.linear(text, self.v_proj.weight),
             "dec_c": F.linear(text, w1_c, b1),
-        })
+        }, state_shape=tuple(text.shape[:2]))
 
     def step(self, x_t, t, ctx) -> torch.Tensor:
         c = ctx.tensors
