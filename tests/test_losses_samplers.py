@@ -1,0 +1,99 @@
+"""Losses, hard negatives and sampler mechanics beyond the parity fixtures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffret_cli.losses import generation_loss_from_output, hard_negative_candidates, symmetric_infonce
+from diffret_cli.registry import create
+
+
+def test_symmetric_infonce_matches_its_definition():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [0.5, 3.0, 1.0], [2.0, 0.0, 4.0]])
+    rows = -sum(math.log(math.exp(logits[i, i]) / sum(math.exp(v) for v in logits[i])) for i in range(3)) / 3
+    cols = -sum(math.log(math.exp(logits[i, i]) / sum(math.exp(logits[j, i]) for j in range(3))) for i in range(3)) / 3
+    assert symmetric_infonce(logits).item() == pytest.approx((rows + cols) / 2, rel=1e-6)
+
+
+def test_generation_loss_kinds():
+    x0_hat = torch.tensor([[0.9, 0.1, 0.0]])
+    x0 = torch.tensor([[1.0, 0.0, 0.0]])
+    ce = -math.log(math.exp(90) / (math.exp(90) + math.exp(10) + 1))
+    assert generation_loss_from_output(x0_hat, x0, kind="kl", temp=100).item() == pytest.approx(ce, abs=1e-6)
+    assert generation_loss_from_output(x0_hat, x0, kind="mse").item() == pytest.approx((0.01 + 0.01) / 3)
+    with pytest.raises(ValueError, match="unknown generation loss"):
+        generation_loss_from_output(x0_hat, x0, kind="l1")
+
+
+def test_hard_negatives_put_the_positive_first_and_skip_the_same_video():
+    sim = torch.tensor([[0.9, 0.8, 0.7, 0.1],
+                        [0.2, 0.5, 0.9, 0.3],
+                        [0.6, 0.4, 0.3, 0.2],
+                        [0.1, 0.2, 0.3, 0.4]])
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # captions 0 and 1 describe the same video
+    cand = hard_negative_candidates(sim, 3, same)
+    assert cand[:, 0].tolist() == [0, 1, 2, 3]
+    assert cand[0].tolist() == [0, 2, 3]  # 1 is the same video: never a negative
+    assert cand[1].tolist() == [1, 2, 3]
+    assert cand[2].tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="global batch"):
+        hard_negative_candidates(sim, 5)
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm"])
+def test_a_perfect_x0_model_is_sampled_back_exactly(name):
+    """With a model that always predicts the same x0, both samplers end at clamp(x0)."""
+    x0 = torch.tensor([[0.3, -0.2, 1.7, -4.0]])
+    s = create("samplers", name, num_steps=50)
+    g = torch.Generator().manual_seed(0)
+    out = s.sample(lambda x, t: x0.expand_as(x), s.start(shape=(1, 4), generator=g), generator=g).sample
+    torch.testing.assert_close(out, x0.clamp(-1, 1), rtol=0, atol=1e-6)
+
+
+def test_respacing_calls_the_model_at_evenly_spaced_original_steps():
+    s = create("samplers", "ddim", num_steps=50, sample_steps=10)
+    seen = []
+
+    def model(x, t):
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    s.sample(model, torch.randn(2, 3))
+    assert len(seen) == 10 and seen[0] == 49 and seen[-1] == 0
+    assert seen == sorted(seen, reverse=True) and seen == s.timesteps()
+    # the respaced chain keeps the original alpha_bar at the steps it uses
+    full = create("samplers", "ddim", num_steps=50)
+    for i, t in enumerate(reversed(seen)):
+        assert s.coef.alphas_cumprod[i] == pytest.approx(full.coef.alphas_cumprod[t], rel=1e-12)
+
+
+def test_ddim_eta_zero_is_deterministic_and_eta_one_uses_the_generator():
+    model = lambda x, t: torch.tanh(x)  # noqa: E731
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    d0 = create("samplers", "ddim", num_steps=20)
+    a = d0.sample(model, x, generator=torch.Generator().manual_seed(1)).sample
+    b = d0.sample(model, x, generator=torch.Generator().manual_seed(2)).sample
+    assert torch.equal(a, b)
+    d1 = create("samplers", "ddim", num_steps=20, eta=1.0)
+    c = d1.sample(model, x, generator=torch.Generator().manual_seed(1)).sample
+    d = d1.sample(model, x, generator=torch.Generator().manual_seed(2)).sample
+    e = d1.sample(model, x, generator=torch.Generator().manual_seed(1)).sample
+    assert not torch.equal(c, d) and torch.equal(c, e)
+
+
+def test_eps_prediction_recovers_x0_from_the_true_noise():
+    """With prediction='eps', the sampler's x0 from the true noise of
+    x_t = q_sample(x0, t, eps) is x0 again (Ho et al. Eq. 4 inverted)."""
+    from diffret_cli.diffusion import DiffusionCoefficients
+
+    s = create("samplers", "ddim", num_steps=10, prediction="eps", clip_denoised=False)
+    coef: DiffusionCoefficients = s.coef
+    x0 = torch.tensor([[0.5, -0.25, 0.75]])
+    eps = torch.tensor([[1.0, -2.0, 0.5]])
+    t = torch.tensor([5])  # mid-chain: at the last step float32 cancellation dominates
+    x_t = coef.q_sample(x0, t, eps)
+    torch.testing.assert_close(coef.predict_x0_from_eps(x_t, t, eps), x0, rtol=0, atol=1e-6)
