@@ -105,8 +105,11 @@ def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume:
             raise ConfigError(f"the recipe differs from the one saved in {run_dir / RECIPE_FILE}",
                               hint="resume with the same recipe and overrides (or start a new run)")
     elif dist.is_main:
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"{run_dir} already holds a run", hint="pass --resume to continue it, or another --run-dir")
+        stage1_done = (run_dir / "checkpoints" / "stage1" / "best" / "model.safetensors").is_file()
+        if (run_dir / "checkpoints").exists() and not (stages == [2] and stage1_done):
+            raise ConfigError(f"{run_dir} already holds a run",
+                              hint="pass --resume to continue it, --stage 2 to (re)train its stage 2, "
+                              "or another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False).encode())
     barrier(dist)
@@ -126,7 +129,9 @@ def train(recipe: dict, *, run_dir: Path, data_root: Path | None = None, resume:
             pass
     log = jsonl_logger(run_dir / "metrics.jsonl", dist, writer)
 
-    model = DiffusionRet(recipe["model"], load_pretrained=state is None).to(device)
+    # stage 2 on top of a finished stage 1 starts from its best weights: no pretrained download
+    from_stage1 = stages == [2] and (run_dir / "checkpoints" / "stage1" / "best").is_dir()
+    model = DiffusionRet(recipe["model"], load_pretrained=state is None and not from_stage1).to(device)
     if state is not None:
         from safetensors.torch import load_file
 

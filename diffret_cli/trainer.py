@@ -28,6 +28,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -256,6 +257,8 @@ def _validate(ctx: RunContext, model: DiffusionRet, stage: int) -> dict:
 def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
     cfg, tr = ctx.recipe["stage1"], ctx.recipe["train"]
     stage, seed = 1, tr["seed"]
+    if ctx.resume_state is None and ctx.dist.is_main:
+        shutil.rmtree(ctx.run_dir / "features", ignore_errors=True)  # computed by the old stage 1
     train_split = ctx.data.split(ctx.recipe["dataset"]["train_split"])
     ds = PairDataset(train_split, model)
     if len(ds) < cfg["batch_size"]:
@@ -506,6 +509,10 @@ def load_best_stage1(run_dir: Path, model: DiffusionRet) -> None:
     from safetensors.torch import load_file
 
     path = run_dir / "checkpoints" / "stage1" / "best" / "model.safetensors"
+    if not path.is_file():
+        warnings.warn(f"no stage-1 checkpoint in {run_dir}: stage 2 trains on the initial "
+                      "(pretrained) encoder's features", stacklevel=2)
+        return
     if path.is_file():
         state = load_file(str(path))
         own = model.state_dict()

@@ -149,3 +149,21 @@ def test_ema_weights_are_what_is_validated_and_saved(tmp_path, data_root):
     name = "similarity.text_weight_fc.0.weight"
     assert torch.equal(best[name], shadow[name])
     assert not torch.equal(best[name], last[name])
+
+
+def test_stage2_alone_on_a_finished_stage1_run(tmp_path, data_root):
+    run = tmp_path / "two-step"
+    train(tiny_recipe(stages=(1,)), run_dir=run, data_root=data_root, progress=False, stages=[1])
+    assert not (run / "checkpoints" / "stage2").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_recipe(), run_dir=run, data_root=data_root, progress=False, stages=[1, 2])
+    stage1 = load_file(str(run / "checkpoints" / "stage1" / "best" / "model.safetensors"))
+    train(tiny_recipe(), run_dir=run, data_root=data_root, progress=False, stages=[2])
+    best = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
+    # stage 2 kept the stage-1 weights frozen and trained only the denoisers
+    for k, v in stage1.items():
+        if k.startswith("denoiser_"):
+            assert not torch.equal(best[k], v), k
+        else:
+            assert torch.equal(best[k], v), k
+    assert (run / "features" / "train.safetensors").is_file()
