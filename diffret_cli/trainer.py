@@ -254,6 +254,48 @@ def _validate(ctx: RunContext, model: DiffusionRet, stage: int) -> dict:
                           seed=ctx.recipe["train"]["seed"])
 
 
+@dataclass
+class StageProgress:
+    """What both stages do around each optimiser step and at the end of each epoch:
+    EMA, logging, periodic resume checkpoints, the step cap, validation, best checkpoints."""
+
+    ctx: RunContext
+    model: DiffusionRet
+    stage: int
+    opt: Any
+    sched: Any
+    ema: EMA | None
+    gen: torch.Generator | None
+    trainable: dict
+    steps_per_epoch: int
+    total: int
+    best: float
+
+    def _save(self, epoch: int, batch: int) -> None:
+        save_training_state(self.ctx, self.model, _state(self.stage, epoch, batch, self.best, self.opt,
+                                                         self.sched, self.ema, self.gen))
+
+    def after_batch(self, task, epoch: int, b: int, num_batches: int, loss: float, rate: float,
+                    extra: dict | None = None) -> bool:
+        """Book-keeping after optimiser step ``b``; True when the stage's step cap is reached."""
+        if self.ema:
+            self.ema.update(self.trainable)
+        _after_step(self.ctx, task, self.stage, epoch, b, loss, self.sched.get_last_lr()[0], rate, extra)
+        if (b + 1) % self.ctx.recipe["train"]["checkpoint_every"] == 0 and b + 1 < num_batches:
+            self._save(epoch, b + 1)
+        _maybe_interrupt(self.ctx)
+        return epoch * self.steps_per_epoch + b + 1 >= self.total
+
+    def end_epoch(self, epoch: int, num_batches: int) -> bool:
+        """Validate (best checkpoint), save the resume point; True when the stage is done."""
+        done = epoch * self.steps_per_epoch + num_batches >= self.total
+        self.best = _end_of_epoch(self.ctx, self.model, self.stage, epoch, self.best, self.ema, self.trainable,
+                                  last=done)
+        epochs = self.ctx.recipe[f"stage{self.stage}"]["epochs"]
+        self._save(epochs if done else epoch + 1, 0)
+        return done
+
+
 def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
     cfg, tr = ctx.recipe["stage1"], ctx.recipe["train"]
     stage, seed = 1, tr["seed"]
@@ -280,6 +322,7 @@ def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
     ema = EMA(trainable, tr["ema"]) if tr.get("ema") else None
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.precision == "fp16")
     start_epoch, start_batch, best = _restore(ctx.resume_state, stage, opt, sched, ema, None)
+    run = StageProgress(ctx, model, stage, opt, sched, ema, None, trainable, steps_per_epoch, total, best)
 
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
@@ -294,20 +337,10 @@ def run_stage1(ctx: RunContext, model: DiffusionRet) -> None:
             with autocast_for(ctx.device, ctx.precision):
                 loss = ddp(batch["ids"], batch["mask"], batch["frames"], batch["frame_mask"])
             _optimizer_step(loss, opt, sched, scaler, trainable.values(), cfg["grad_clip"])
-            if ema:
-                ema.update(trainable)
-            _after_step(ctx, task, stage, epoch, b, loss.item(), sched.get_last_lr()[0],
-                        (b + 1 - first) * cfg["batch_size"] / (time.perf_counter() - t0))
-            if (b + 1) % tr["checkpoint_every"] == 0 and b + 1 < len(batches):
-                save_training_state(ctx, model, _state(stage, epoch, b + 1, best, opt, sched, ema, None))
-            _maybe_interrupt(ctx)
-            if epoch * steps_per_epoch + b + 1 >= total:
+            rate = (b + 1 - first) * cfg["batch_size"] / (time.perf_counter() - t0)
+            if run.after_batch(task, epoch, b, len(batches), loss.item(), rate):
                 break
-        done = epoch * steps_per_epoch + len(batches) >= total
-        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable, last=done)
-        save_training_state(ctx, model, _state(stage, cfg["epochs"] if done else epoch + 1, 0, best, opt, sched,
-                                               ema, None))
-        if done:
+        if run.end_epoch(epoch, len(batches)):
             break
 
 
@@ -335,6 +368,7 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.precision == "fp16")
     gen = torch.Generator().manual_seed(seed + 7919 * (ctx.dist.rank + 1))
     start_epoch, start_batch, best = _restore(ctx.resume_state, stage, opt, sched, ema, gen)
+    run = StageProgress(ctx, model, stage, opt, sched, ema, gen, trainable, steps_per_epoch, total, best)
     cv = torch.from_numpy(caption_video).to(ctx.device)
 
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -350,21 +384,11 @@ def run_stage2(ctx: RunContext, model: DiffusionRet) -> None:
                 loss, l1, l2 = ddp(text.tokens[idx].float(), text.cls[idx].float(), text.mask[idx],
                                    video.frames[vid].float(), video.mask[vid], vid, gen)
             _optimizer_step(loss, opt, sched, scaler, trainable.values(), cfg["grad_clip"])
-            if ema:
-                ema.update(trainable)
-            _after_step(ctx, task, stage, epoch, b, loss.item(), sched.get_last_lr()[0],
-                        (b + 1 - first) * cfg["batch_size"] / (time.perf_counter() - t0),
-                        extra={"loss_t2v": l1.item(), "loss_v2t": l2.item()})
-            if (b + 1) % tr["checkpoint_every"] == 0 and b + 1 < len(batches):
-                save_training_state(ctx, model, _state(stage, epoch, b + 1, best, opt, sched, ema, gen))
-            _maybe_interrupt(ctx)
-            if epoch * steps_per_epoch + b + 1 >= total:
+            rate = (b + 1 - first) * cfg["batch_size"] / (time.perf_counter() - t0)
+            if run.after_batch(task, epoch, b, len(batches), loss.item(), rate,
+                               extra={"loss_t2v": l1.item(), "loss_v2t": l2.item()}):
                 break
-        done = epoch * steps_per_epoch + len(batches) >= total
-        best = _end_of_epoch(ctx, model, stage, epoch, best, ema, trainable, last=done)
-        save_training_state(ctx, model, _state(stage, cfg["epochs"] if done else epoch + 1, 0, best, opt, sched,
-                                               ema, gen))
-        if done:
+        if run.end_epoch(epoch, len(batches)):
             break
 
 
