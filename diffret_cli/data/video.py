@@ -581,12 +581,7 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
     resumes after damaged packets.
     """
     decord = _decord_module()
-    container, stream = _open_pyav(path)  # DecodeError here is final: PyAV sees the same
-    try:
-        header = _header(container, stream)
-        rotation = _pyav_first_rotation(container, stream)
-    finally:
-        container.close()
+    header, rotation = _pyav_header_and_rotation(path)  # DecodeError here is final: PyAV sees the same
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
         n = len(vr)
@@ -722,14 +717,18 @@ def _probe_pyav(path: Path) -> VideoInfo:
         container.close()
 
 
-def _probe_decord(path: Path) -> VideoInfo:
-    decord = _decord_module()
+def _pyav_header_and_rotation(path: Path):
+    """Stream header facts and display rotation, read with PyAV (decord reports neither)."""
     container, stream = _open_pyav(path)
     try:
-        header = _header(container, stream)
-        rotation = _pyav_first_rotation(container, stream)
+        return _header(container, stream), _pyav_first_rotation(container, stream)
     finally:
         container.close()
+
+
+def _probe_decord(path: Path) -> VideoInfo:
+    decord = _decord_module()
+    header, rotation = _pyav_header_and_rotation(path)
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
         n = len(vr)

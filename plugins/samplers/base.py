@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from diffret_cli.diffusion import DiffusionCoefficients
-from diffret_cli.interfaces import Sampler
+from diffret_cli.interfaces import SampleResult, Sampler
 from diffret_cli.registry import create
 
 
@@ -74,7 +74,19 @@ class FullSampler(Sampler):
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         return t, out, x0
 
-    @staticmethod
-    def _record(traj, x, t, out, x0):
-        if traj is not None:
-            traj.append({"x_t": x, "t": t, "model_output": out, "pred_x0": x0})
+    @torch.no_grad()
+    def sample(self, model_fn, x_start, *, generator=None, record=False) -> SampleResult:
+        """The reverse chain: at each step ask the model for x0, then :meth:`update`."""
+        x = x_start
+        traj = [] if record else None
+        for i in reversed(range(len(self.timestep_map))):
+            t, out, x0 = self._x0(model_fn, x, i)
+            if traj is not None:
+                traj.append({"x_t": x, "t": t, "model_output": out, "pred_x0": x0})
+            x = self.update(x, x0, t, last=(i == 0), generator=generator)
+        return SampleResult(sample=x, trajectory=traj)
+
+    def update(self, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, *, last: bool,
+               generator: torch.Generator | None) -> torch.Tensor:
+        """x_{t-1} from x_t and the (processed) x0 prediction at respaced step ``t``."""
+        raise NotImplementedError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from diffret_cli.diffusion import extract
-from diffret_cli.interfaces import SampleResult
 from diffret_plugins.samplers.base import FullSampler
 
 
@@ -29,19 +28,13 @@ class DDIMSampler(FullSampler):
     def config(self) -> dict:
         return {**self.base_config(), "eta": self.eta}
 
-    @torch.no_grad()
-    def sample(self, model_fn, x_start, *, generator=None, record=False) -> SampleResult:
-        x = x_start
-        traj = [] if record else None
+    def update(self, x, x0, t, *, last, generator):
         c = self.coef
-        for i in reversed(range(len(self.timestep_map))):
-            t, out, x0 = self._x0(model_fn, x, i)
-            self._record(traj, x, t, out, x0)
-            eps = c.predict_eps_from_x0(x, t, x0)
-            ab = extract(c.alphas_cumprod, t, x.dim())
-            ab_prev = extract(c.alphas_cumprod_prev, t, x.dim())
-            sigma = self.eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
-            x = x0 * torch.sqrt(ab_prev) + torch.sqrt(1 - ab_prev - sigma ** 2) * eps
-            if self.eta > 0 and i > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return SampleResult(sample=x, trajectory=traj)
+        eps = c.predict_eps_from_x0(x, t, x0)
+        ab = extract(c.alphas_cumprod, t, x.dim())
+        ab_prev = extract(c.alphas_cumprod_prev, t, x.dim())
+        sigma = self.eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
+        x = x0 * torch.sqrt(ab_prev) + torch.sqrt(1 - ab_prev - sigma ** 2) * eps
+        if self.eta > 0 and not last:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x
