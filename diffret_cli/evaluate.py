@@ -54,10 +54,14 @@ def evaluate_split(model, split, *, device, precision: str = "auto", batch_size:
         if fused is not None:
             rows["diffusion+qbnorm"] = retrieval_metrics(qb_norm(fused[0], bank_t2v, beta=qb_beta, k=qb_k),
                                                          None, texts.caption_video)
+    skipped = len(getattr(split, "skipped", []) or [])
     return {
         "rows": rows,
         "num_captions": len(texts.captions),
         "num_videos": len(split.videos),
+        # videos the prepared split could not decode are left out of the gallery: the
+        # numbers are then not comparable with the published protocol
+        "num_videos_unavailable": skipped,
         "timing_s": {"encode": round(t_encode, 3), "rerank": round(t_rerank, 3)},
         "settings": {"steps": steps or model.config["sampler"]["args"].get("num_steps"),
                      "topk_t2v": topk_t2v or model.config["rerank"]["topk_t2v"],

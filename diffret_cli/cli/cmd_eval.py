@@ -34,6 +34,12 @@ def _print_table(title: str, result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    missing = result.get("num_videos_unavailable", 0)
+    if missing:
+        Console(stderr=True).print(
+            f"[yellow]warning[/yellow]: {missing} video(s) of this split were not prepared (see `diffret data "
+            f"info {result.get('dataset', 'NAME')}`); they are left out, so these numbers are not "
+            "comparable with the full benchmark")
     table = Table(title=title)
     table.add_column("scores", no_wrap=True)
     table.add_column("direction")
