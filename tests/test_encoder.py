@@ -112,3 +112,20 @@ def test_patch_embedding_is_frozen_and_logit_scale_clamped():
     with torch.no_grad():
         enc.clip.logit_scale.fill_(10.0)  # exp(10) >> 100
     assert enc.logit_scale().item() == 100.0
+
+
+def test_weights_from_a_torchscript_archive_like_openais(tmp_path):
+    """OpenAI ships ViT-B-32.pt as a TorchScript archive: its state dict is read (float32,
+    metadata and mask buffers dropped) and loaded strictly."""
+    import warnings
+
+    torch.manual_seed(3)
+    src = OpenClipEncoder(model="custom", model_config=tiny_config(), pretrained=None).clip
+    src.attn_mask = torch.full((77, 77), float("-inf")).triu_(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(src).save(str(tmp_path / "ViT-tiny.pt"))
+        dst = OpenClipEncoder(model="custom", model_config=tiny_config(), pretrained=None,
+                              weights=str(tmp_path / "ViT-tiny.pt"))
+    for k, v in dst.clip.state_dict().items():
+        assert torch.equal(v, src.state_dict()[k]), k

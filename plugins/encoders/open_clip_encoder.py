@@ -77,8 +77,9 @@ def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
             is_jit = any(n.endswith("constants.pkl") for n in z.namelist())
         if is_jit:  # OpenAI's TorchScript archive (ViT-B-32.pt)
             sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # metadata and the causal-mask buffer are not weights (the mask is rebuilt per batch)
             return {k: v.float() for k, v in sd.items()
-                    if k not in ("input_resolution", "context_length", "vocab_size")}
+                    if k not in ("input_resolution", "context_length", "vocab_size") and not k.endswith("attn_mask")}
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
