@@ -167,3 +167,15 @@ def test_stage2_alone_on_a_finished_stage1_run(tmp_path, data_root):
         else:
             assert torch.equal(best[k], v), k
     assert (run / "features" / "train.safetensors").is_file()
+
+
+def test_tensorboard_scalars_are_written_when_it_is_installed(tmp_path, data_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(tiny_recipe(), run_dir=tmp_path / "tb", data_root=data_root, progress=False)
+    (events,) = (run / "tensorboard").iterdir()
+    ea = EventAccumulator(str(events))
+    ea.Reload()
+    assert {"stage1/loss", "stage1/lr", "stage2/loss", "stage2/lr"} <= set(ea.Tags()["scalars"])
+    logged = [r["loss"] for r in _records(run) if r.get("stage") == 1 and "loss" in r]
+    assert [round(e.value, 5) for e in ea.Scalars("stage1/loss")] == [round(v, 5) for v in logged]
