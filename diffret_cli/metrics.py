@@ -27,6 +27,18 @@ def ranks_from_scores(scores: torch.Tensor | np.ndarray, gt: torch.Tensor | np.n
     return ((s > target).sum(dim=1) + 1).cpu().numpy().astype(np.int64)
 
 
+def tied_queries(scores: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> int:
+    """Queries whose ground truth shares its exact score with another gallery item.
+
+    The strictly-higher rank gives such a query the best rank of the tie. With DiffusionRet's
+    similarity, padded tokens/frames compete as exact zeros, so a degenerate model can tie
+    whole rows; this count makes that visible next to the metrics."""
+    s = torch.as_tensor(scores).float() if not isinstance(scores, torch.Tensor) else scores
+    g = torch.as_tensor(gt, dtype=torch.long, device=s.device)
+    target = s.gather(1, g[:, None])
+    return int(((s == target).sum(dim=1) > 1).sum().item())
+
+
 def metrics_from_ranks(ranks: np.ndarray, *, median: str = "mid") -> dict[str, float]:
     """R@K (percent), MdR, MnR, Rsum from 1-based ranks.
 
@@ -85,6 +97,7 @@ def retrieval_metrics(t2v: torch.Tensor, v2t: torch.Tensor | None, caption_video
     caption_video = np.asarray(caption_video)
     multi = caption_video.size != len(np.unique(caption_video))
     out = {"t2v": metrics_from_ranks(t2v_ranks(t2v, caption_video), median="lower" if multi else "mid")}
+    out["t2v"]["tied"] = tied_queries(t2v, caption_video)
     if v2t is not None:
         out["v2t"] = metrics_from_ranks(v2t_ranks(v2t, caption_video))
     return out

@@ -52,6 +52,11 @@ def _print_table(title: str, result: dict) -> None:
             m = r[direction]
             table.add_row(row, direction, *[f"{m[c]:.1f}" for c in METRIC_COLUMNS])
     Console().print(table)
+    tied = {row: r["t2v"].get("tied", 0) for row, r in result["rows"].items()}
+    if any(tied.values()):
+        Console(stderr=True).print(
+            "[yellow]note[/yellow]: text-to-video queries whose ground truth ties another video's exact "
+            f"score (ranked best of the tie): {', '.join(f'{k} {v}' for k, v in tied.items() if v)}")
 
 
 def evaluate_one(model, *, dataset: str, split: str, data_root, steps, topk, qb_norm: bool, seed: int,
