@@ -38,32 +38,36 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous: the backward of
-    ``torch.distributed.nn.functional.all_gather`` on gloo silently returns wrong
-    gradients for a non-contiguous one (seen on the video features' slice)."""
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward hands each rank the summed gradient of its
+    own slice (all_reduce, then slice). Written out rather than using
+    ``torch.distributed.nn.functional.all_gather``: that one is deprecated, and on gloo
+    its backward silently returns wrong gradients for a non-contiguous gradient."""
 
     @staticmethod
-    def forward(ctx, x):
-        return x
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
 
     @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
 def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping gradients to the local part.
 
-    Every rank then computes the same global loss; the all_gather backward sums the
-    gradients that reach each rank's slice, and DDP's averaging of parameter gradients
-    turns that into exactly the single-process gradient of the global batch.
+    Every rank then computes the same global loss; the backward sums the gradients that
+    reach each rank's slice, and DDP's averaging of parameter gradients turns that into
+    exactly the single-process gradient of the global batch.
     """
     if not info.enabled:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return _ContiguousGrad.apply(torch.cat(all_gather(x.contiguous()), dim=0))
+    return _GatherWithGrad.apply(x)
 
 
 def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -68,8 +68,9 @@ def test_torchrun_train_only_rank0_writes(tmp_path):
     recipe_file = tmp_path / "tiny.yaml"
     recipe_file.write_text(yaml.safe_dump(tiny_recipe(stages=(1,))))
     run_dir = tmp_path / "run"
-    _torchrun(["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file), "--run-dir", str(run_dir),
-               "--data-root", str(data_root), "--stage", "1", "--no-eval", "--quiet"], cwd=tmp_path)
+    out = _torchrun(["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file), "--run-dir", str(run_dir),
+                     "--data-root", str(data_root), "--stage", "1", "--no-eval", "--quiet"], cwd=tmp_path)
+    assert out.stdout.count("run directory:") == 1  # rank 1 reports nothing
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     starts = [r for r in recs if r.get("event") == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2 and starts[0]["stages"] == [1]
@@ -84,3 +85,22 @@ def test_torchrun_train_only_rank0_writes(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "tensorboard") == \
         ["checkpoints", "metrics.jsonl", "recipe.yaml"]
     assert not list(tmp_path.glob("runs"))  # no stray timestamped run dir from rank 1
+
+
+def test_torchrun_stage2_on_the_stage1_run(tmp_path):
+    """Stage 2 under DDP: rank 0 extracts the feature cache, both ranks train on local queries
+    against candidates from the global batch, only rank 0 writes."""
+    data_root = prepare_synthetic(tmp_path / "data")
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe()))
+    run_dir = tmp_path / "run"
+    args = ["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file), "--run-dir", str(run_dir),
+            "--data-root", str(data_root), "--no-eval", "--quiet"]
+    _torchrun(args, cwd=tmp_path)
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in recs if "loss" in r] == [(s, i) for s in (1, 2) for i in (1, 2, 3, 4)]
+    assert all(r["loss_t2v"] > 0 and r["loss_v2t"] > 0 for r in recs if r.get("stage") == 2 and "loss" in r)
+    val2 = [r for r in recs if r.get("stage") == 2 and "val" in r]
+    assert len(val2) == 1 and set(val2[0]["val"]) == {"stage1", "diffusion"}
+    assert (run_dir / "features" / "train.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "stage2" / "best" / "model.safetensors").is_file()

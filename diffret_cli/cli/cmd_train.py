@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -35,10 +36,10 @@ def train(recipe_name: str, overrides: tuple[str, ...], run_dir: Path | None, da
     stages = [1, 2] if stage == "both" else [int(stage)]
     stages = [s for s in stages if s in recipe["train"]["stages"]] or stages
     run_train(recipe, run_dir=run_dir, data_root=data_root, resume=resume, stages=stages, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports and evaluates
+        return
     click.echo(f"run directory: {run_dir}")
-    import os
-
-    if run_eval and int(os.environ.get("RANK", "0")) == 0:
+    if run_eval:
         from diffret_cli.cli.cmd_eval import run_evaluations
 
         run_evaluations(run_dir, recipe=recipe, data_root=data_root, as_json=False)
