@@ -129,3 +129,21 @@ def test_weights_from_a_torchscript_archive_like_openais(tmp_path):
                               weights=str(tmp_path / "ViT-tiny.pt"))
     for k, v in dst.clip.state_dict().items():
         assert torch.equal(v, src.state_dict()[k]), k
+
+
+def test_an_official_vit_b32_checkpoint_is_recognised_by_its_shapes():
+    """`diffret convert` names the real architecture (ViT-B-32-quickgelu) for a full-size
+    official best.pth; shapes only, so meta tensors stand in for 150M parameters."""
+    import open_clip
+
+    from diffret_cli.convert import infer_config
+
+    with torch.device("meta"):
+        clip = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None, device="meta")
+    sd = {"clip." + k: v for k, v in clip.state_dict().items()}
+    for i in range(4):
+        for k, v in clip.transformer.resblocks[i].state_dict().items():
+            sd[f"transformerClip.resblocks.{i}.{k}"] = v
+    cfg = infer_config(sd)
+    assert cfg["encoder"]["args"] == {"model": "ViT-B-32-quickgelu", "pretrained": None}
+    assert cfg["temporal"]["layers"] == 4
