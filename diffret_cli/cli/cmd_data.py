@@ -20,19 +20,17 @@ def _console(stderr: bool = False):
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """``key=value`` -> (key, value); the value is read as JSON when it parses (numbers,
-    true/false, lists), else kept as a string (``train_list=9k``)."""
+    """``key=value`` -> (key, value); the value is read as a recipe override value is
+    (numbers, true/false, lists; anything else stays a string, e.g. ``train_list=9k``)."""
+    from diffret_cli.recipes import parse_value
+
     if "=" not in text:
         raise click.BadParameter(f"{text!r} is not key=value (e.g. --option num_train=20)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key.isidentifier():
         raise click.BadParameter(f"{key!r} is not a valid option name")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key, value
+    return key, parse_value(raw)
 
 
 _EXAMPLES_DATA = """\b
