@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from diffret_cli.checkpoint import atomic_write_bytes, atomic_write_json
-from diffret_cli.distributed import DistInfo, barrier, cleanup, init_distributed
+from diffret_cli.distributed import barrier, cleanup, init_distributed
 from diffret_cli.errors import ConfigError
 from diffret_cli.features import resolve_device, resolve_precision
 from diffret_cli.model.diffusionret import DiffusionRet
@@ -171,11 +171,3 @@ def save_eval(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
     path = Path(run_dir) / "eval" / f"{name}.json"
     atomic_write_json(path, result)
     return path
-
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def single_process() -> DistInfo:
-    return DistInfo()
