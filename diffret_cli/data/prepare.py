@@ -22,31 +22,24 @@ the same. An interrupted run leaves only complete cache files behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
-import numpy as np
-
-from diffret_cli.data.framecache import DEFAULT_QUALITY, FrameCache, CachedItem
+from diffret_cli.data.framecache import DEFAULT_QUALITY
 from diffret_cli.data.manifest import (USABLE, read_prepared_json, reason_code, write_prepared_json,
                                        write_split_manifest)
 from diffret_cli.data.paths import REPORT_JSON, atomic_write_text, dataset_dir, frames_dir, is_temp_name, \
     manifests_dir, source_dir
+from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, _fingerprint,  # noqa: F401
+                                             _init_worker, _run_pool, _WorkerState, process_video)
 from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
-from diffret_cli.errors import ConfigError, DecodeError, DiffretError
+from diffret_cli.errors import ConfigError, DiffretError
 from diffret_cli.interfaces import DatasetPlugin
-
-#: bump when the meaning of cached frames changes, so old caches are rebuilt
-CACHE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------ report
@@ -122,230 +115,6 @@ def _plugin_version(plugin: DatasetPlugin, name: str) -> str:
     if version == "-":
         version = str(getattr(plugin, "version", "-"))
     return version
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------ worker
-@dataclass
-class _WorkerState:
-    plugin: DatasetPlugin
-    source: Path
-    frames_root: Path
-    fps: float
-    short_side: int
-    quality: int
-    generated: bool
-    plugin_fp: str
-
-
-_STATE: _WorkerState | None = None
-
-
-def _init_worker(state: _WorkerState) -> None:
-    global _STATE
-    _STATE = state
-
-
-def _skip(video_id: str, code: str, detail: str = "", path: str = "") -> dict[str, Any]:
-    return {"video_id": video_id, "status": "skipped", "reason": code + (f": {detail}" if detail else ""),
-            "video_path": path, "duration": None, "num_frames": 0, "cached": False, "written": 0}
-
-
-def _from_cache(video_id: str, item: CachedItem, path: str) -> dict[str, Any]:
-    return {"video_id": video_id, "status": item.get("status", "ok"), "reason": item.get("reason", ""),
-            "video_path": path, "duration": item.get("duration"), "num_frames": item.num_frames,
-            "cached": True, "written": 0}
-
-
-def _settings_key(st: _WorkerState, entry: VideoEntry, source_fp: str) -> dict[str, Any]:
-    """What must match for a cached file to be reused."""
-    return {"cache_version": CACHE_VERSION, "fps": st.fps, "short_side": st.short_side, "quality": st.quality,
-            "start": entry.start, "end": entry.end, "source_fp": source_fp}
-
-
-def _is_current(item: CachedItem | None, key: dict[str, Any]) -> bool:
-    return item is not None and all(item.get(k) == v for k, v in key.items())
-
-
-def _downscale(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """Shrink (never enlarge) so the short side is ``short_side``; bicubic like CLIP's transform."""
-    from PIL import Image
-
-    h, w = frames.shape[1:3]
-    if min(h, w) <= short_side:
-        return frames
-    scale = short_side / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) for f in frames])
-
-
-def process_video(entry: VideoEntry) -> dict[str, Any]:
-    """One work item (runs in a worker): frames of ``entry`` into the cache; a small result dict.
-
-    Never raises for a problem with the video itself; that becomes a ``skipped`` result.
-    """
-    st = _STATE
-    assert st is not None, "worker not initialised"
-    vid = entry.video_id
-    cache = FrameCache(st.frames_root, quality=st.quality, codec="png" if st.generated else "jpeg")
-    if st.generated:
-        key = _settings_key(st, entry, _fingerprint([st.plugin_fp, entry.to_dict()]))
-        item = cache.info(vid)
-        if _is_current(item, key):
-            return _from_cache(vid, item, "")
-        try:
-            frames = st.plugin.generate(entry)
-        except DiffretError as exc:
-            return _skip(vid, "generate-error", exc.message.replace("\n", " "))
-        if frames is None or len(frames) == 0:
-            return _skip(vid, "no-frames", "the generator returned no frames")
-        frames = _downscale(np.ascontiguousarray(frames, dtype=np.uint8), st.short_side)
-        # a generator renders at its own rate (DatasetPlugin.generated_fps), not at --fps
-        rate = float(getattr(st.plugin, "generated_fps", st.fps) or st.fps)
-        ts = np.arange(len(frames), dtype=np.float64) / rate
-        meta = {**key, "status": "ok", "reason": "", "duration": len(frames) / rate, "backend": "generated"}
-        cache.write(vid, frames, ts, metadata=meta)
-        return {"video_id": vid, "status": "ok", "reason": "", "video_path": "", "duration": meta["duration"],
-                "num_frames": len(frames), "cached": False, "written": len(frames)}
-
-    try:
-        path = st.plugin.locate_video(st.source, entry)
-    except (DiffretError, OSError) as exc:
-        return _skip(vid, "missing-video", str(exc).replace("\n", " "))
-    if path is None or not Path(path).is_file():
-        return _skip(vid, "missing-video", f"no video file for {vid!r} under {st.source}")
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        return _skip(vid, "empty-file", "0 bytes", str(path))
-    from diffret_cli.data.video import SAMPLING_RULE, decode_sampled
-
-    key = {**_settings_key(st, entry, _fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
-    item = cache.info(vid)
-    if _is_current(item, key):
-        return _from_cache(vid, item, str(path))
-    try:
-        dec = decode_sampled(path, fps=st.fps, short_side=st.short_side, start=entry.start, end=entry.end,
-                             min_frames=1)
-    except DecodeError as exc:
-        code = getattr(exc, "reason", None) or ("no-video-stream" if "no video stream" in exc.message.lower()
-                                                else "decode-error")
-        return _skip(vid, code, exc.message.replace("\n", " "), str(path))
-    except ValueError as exc:  # start/end from the annotations that make no clip
-        code = "bad-clip" if entry.start is not None or entry.end is not None else "decode-error"
-        return _skip(vid, code, str(exc), str(path))
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the run
-        return _skip(vid, "decode-error", f"{type(exc).__name__}: {exc}".replace("\n", " "), str(path))
-    frames = np.asarray(dec.frames)
-    if frames.ndim != 4 or len(frames) == 0:
-        return _skip(vid, "decode-error", f"decoder returned frames of shape {frames.shape}", str(path))
-    duration = _span(dec, entry)
-    status = "partial" if dec.partial else "ok"
-    reason = ""
-    if dec.partial:
-        reason = "partial: " + ("; ".join(str(w) for w in dec.warnings) or "decoding stopped early")
-    meta = {**key, "status": status, "reason": reason, "duration": duration, "backend": str(dec.backend),
-            "warnings": [str(w) for w in dec.warnings]}
-    cache.write(vid, frames, dec.timestamps, metadata=meta)
-    return {"video_id": vid, "status": status, "reason": reason, "video_path": str(path), "duration": duration,
-            "num_frames": len(frames), "cached": False, "written": len(frames)}
-
-
-def _span(dec: Any, entry: VideoEntry) -> float | None:
-    """Seconds of video the frames cover: the clip for ``start``/``end`` entries, else the file."""
-    total = getattr(getattr(dec, "info", None), "duration", None)
-    total = float(total) if total else None
-    if entry.start is None and entry.end is None:
-        return total
-    start = entry.start or 0.0
-    end = entry.end if entry.end is not None else total
-    if end is None:
-        return None
-    if total is not None:
-        end = min(end, total)
-    return max(0.0, end - start)
-
-
-# ---------------------------------------------------------------------------- running
-def _mp_context():
-    """forkserver where available: workers fork from a clean server, not from a parent that
-    already runs threads (rich's progress refresh, torch's pools)."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
-              on_result: Callable[[dict[str, Any]], None]) -> None:
-    """Run ``process_video`` over ``entries`` with at most ``4 * workers`` items in flight.
-
-    Keeping the window small means that when a decoder crashes its process (a segfault
-    in a codec), only the few in-flight items are in doubt: each is retried alone, and
-    the one that crashes again is recorded as ``decoder-crash``.
-    """
-    ctx = _mp_context()
-    if ctx.get_start_method() == "forkserver":
-        # Imported once in the server, not per worker; "__main__" (multiprocessing's
-        # default) lets a plugin class defined in a script be unpickled by the workers.
-        ctx.set_forkserver_preload(list(dict.fromkeys(["__main__", "diffret_cli.data.prepare",
-                                                       type(state.plugin).__module__])))
-    todo = list(reversed(entries))
-    doubtful: list[VideoEntry] = []
-    first = True
-    while todo:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(state,))
-        inflight: dict[Future, VideoEntry] = {}
-        if first:  # workers that cannot start at all must not turn every video into a "crash"
-            first = False
-            try:
-                pool.submit(_ping).result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, PicklingError, ...
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise WorkersUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            broken = False
-            while (todo or inflight) and not broken:
-                while todo and len(inflight) < 4 * workers:
-                    entry = todo.pop()
-                    inflight[pool.submit(process_video, entry)] = entry
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    entry = inflight.pop(fut)
-                    try:
-                        on_result(fut.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        doubtful.append(entry)
-            if broken:
-                doubtful.extend(inflight.values())
-                inflight.clear()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        for entry in doubtful:  # alone, so a crash names its culprit
-            on_result(_run_isolated(entry, state, ctx))
-        doubtful.clear()
-
-
-class WorkersUnavailable(Exception):
-    """Worker processes could not start (e.g. a plugin that cannot be pickled, or a
-    ``__main__`` that cannot be re-imported, as in ``python - < script``)."""
-
-
-def _ping() -> bool:
-    return _STATE is not None
-
-
-def _run_isolated(entry: VideoEntry, state: _WorkerState, ctx) -> dict[str, Any]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(state,)) as pool:
-        try:
-            return pool.submit(process_video, entry).result()
-        except BrokenProcessPool:
-            return _skip(entry.video_id, "decoder-crash", "the decoder process died on this video")
 
 
 def _progress(enabled: bool):
