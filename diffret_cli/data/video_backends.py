@@ -1,0 +1,454 @@
+"""The two decoding backends behind :func:`diffret_cli.data.video.decode_sampled`.
+
+PyAV decodes sequentially, keeping only the frames the plan selects; decord reads its
+timestamp table and then only the chosen frames by index. Both end in the same
+selection routine (:mod:`diffret_cli.data.video_frames`), so where both can read a
+file they return the same frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import re
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import av
+import numpy as np
+
+from diffret_cli.data.video_frames import (VideoInfo, _BackendFailure, _cw_rotation,
+                                           _display_size, _grid_selector, _middle_selector, _output_size,
+                                           _Plan, _resize, _Result, _Selector)
+from diffret_cli.errors import DecodeError
+
+
+# PyAV may output frames whose pts are out of order (AVI with packed B-frames carries
+# decode-order times); the frames themselves come out in display order. Timestamps are
+# re-sorted over a window of this many frames (H.264 reorders at most 16).
+_REORDER_WINDOW = 16
+
+
+# Stop decoding after this many consecutive packets fail: the rest is not video data.
+_MAX_CONSECUTIVE_ERRORS = 32
+
+
+# Frames per decord get_batch call: bounds the full-resolution frames held at once
+# (8 x 1080p RGB = 50 MB); decord's own decoder buffers come on top.
+_DECORD_CHUNK = 8
+
+
+@functools.lru_cache(maxsize=1)
+def _decord_module() -> Any | None:
+    """decord, or None where it cannot be imported (no aarch64 wheels)."""
+    try:
+        import decord  # noqa: PLC0415 - optional, imported on use
+    except Exception:  # ImportError, or OSError from a broken shared library
+        return None
+    return decord
+
+
+def _parse_hms(text: str) -> float | None:
+    """'00:00:10.333000000' (Matroska DURATION tag) -> seconds."""
+    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*", text or "")
+    if not m:
+        return None
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+
+
+@dataclass
+class _Header:
+    """What the container header says about the video stream (PyAV, no decoding)."""
+
+    codec: str
+    width: int
+    height: int
+    nominal_fps: float
+    frames: int | None
+    expected_end: float | None  # seconds, header's idea of the video's end
+    expected_tol: float  # how far short of it a stream may end before it is "partial"
+
+
+def _open_pyav(path: Path):
+    """Open ``path`` with PyAV: (container, video stream), or a DecodeError saying why."""
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise DecodeError(
+            f"cannot open video {path}: {exc.strerror or exc}",
+            hint="the file is damaged, truncated or not a video (an MP4 cut short loses "
+                 "its index, which is written at the end); download or re-encode it again"
+        ) from exc
+    if not container.streams.video:
+        found = ", ".join(f"{s.type}:{getattr(s.codec_context, 'name', '?')}"
+                          for s in container.streams) or "none"
+        container.close()
+        raise DecodeError(f"no video stream in {path} (streams: {found})",
+                          hint="this file holds no pictures; replace it with the video")
+    return container, container.streams.video[0]
+
+
+def _header(container, stream) -> _Header:
+    cc = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    end, tol = None, 0.0
+    if stream.duration and stream.time_base:
+        end = float(stream.duration * stream.time_base)
+        tol = max(0.5, 2.5 / fps if fps else 0.5)
+    elif _parse_hms(stream.metadata.get("DURATION", "")) is not None:
+        end = _parse_hms(stream.metadata["DURATION"])
+        tol = max(0.5, 2.5 / fps if fps else 0.5)
+    elif container.duration:
+        # container duration includes audio, which may outlast the picture: be lenient
+        end = container.duration / 1_000_000
+        tol = max(1.0, 0.05 * end)
+    return _Header(codec=cc.name, width=stream.width or cc.width,
+                   height=stream.height or cc.height, nominal_fps=fps, frames=stream.frames or None, expected_end=end,
+                   expected_tol=tol)
+
+
+def _shortfall(header: _Header, coverage_end: float, wanted_end: float) -> str | None:
+    """A warning when the stream ends well before the header (or clip end) says."""
+    if header.expected_end is None:
+        return None
+    need = min(header.expected_end, wanted_end)
+    if coverage_end < need - header.expected_tol:
+        return (f"frames end at {coverage_end:.2f} s but the header says the video runs to "
+                f"{header.expected_end:.2f} s: the file is probably truncated")
+    return None
+
+
+def _pyav_first_rotation(container, stream) -> int:
+    """Clockwise rotation from the first decodable frame (PyAV 18 exposes the display
+    matrix on frames only). 0 when nothing decodes."""
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                return _cw_rotation(frame.rotation)
+    except av.FFmpegError:
+        pass
+    return 0
+
+
+@dataclass
+class _Pass:
+    """Outcome of one sequential PyAV pass."""
+
+    selector: _Selector
+    header: _Header
+    geometry: dict[str, Any]  # rotation, display width/height, output size (first frame)
+    count: int  # frames decoded
+    partial: bool
+    warnings: list[str]
+    coverage_end: float | None  # end of the last frame; None when stopped at the clip end
+
+
+def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
+               make_selector: Callable[[Callable], _Selector]) -> _Pass:
+    """Decode ``path`` sequentially once, feeding frames to a selector.
+
+    Packets are decoded one by one so that a damaged packet costs only the frames
+    around it: decoding resumes at the next packet (FFmpeg recovers at the next
+    keyframe) and the result is marked partial.
+    """
+    container, stream = _open_pyav(path)
+    try:
+        header = _header(container, stream)
+        stream.thread_type = "AUTO"  # frame + slice threads; output order is unchanged
+        tb = float(stream.time_base)
+        origin = stream.start_time
+        geometry: dict[str, Any] = {}
+
+        def convert(frame) -> np.ndarray:
+            rgb = frame.to_ndarray(format="rgb24")
+            if geometry["rotation"]:
+                rgb = np.rot90(rgb, k=(4 - geometry["rotation"] // 90) % 4)
+            return _resize(rgb, geometry["out"])
+
+        selector = make_selector(convert)
+        if plan.start > 0:
+            try:
+                container.seek(int(plan.start / tb) + (origin or 0), stream=stream,
+                               backward=True, any_frame=False)
+            except av.FFmpegError:
+                container.seek(0)  # not seekable: decode from the top
+
+        # Frames come out of the decoder in display order, but their pts can be in
+        # decode order (AVI with packed B-frames). Re-sorting the *frames* by pts would
+        # swap neighbours; instead each frame takes the next smallest pts seen so far,
+        # over a window of _REORDER_WINDOW frames. Correct pts pass through unchanged.
+        heap: list[float] = []
+        pending: deque = deque()
+        default_dur = 1.0 / header.nominal_fps if header.nominal_fps else 0.04
+        st = {"seq": 0, "last_raw": None, "stop": False, "last_ts": None, "last_dur": 0.0}
+
+        def emit() -> None:
+            ts = heapq.heappop(heap)
+            seq, frame, dur = pending.popleft()
+            selector.feed(ts, seq, frame)
+            st["last_ts"], st["last_dur"] = ts, dur
+            if selector.done() and ts >= plan.end:
+                st["stop"] = True  # past the clip end with every target settled
+
+        def take(frame) -> None:
+            nonlocal origin
+            if not geometry:
+                rot = _cw_rotation(frame.rotation)
+                w, h = _display_size(frame.width, frame.height, rot)
+                geometry.update(rotation=rot, width=w, height=h,
+                                out=_output_size(w, h, short_side))
+            if frame.pts is None:
+                raw = st["last_raw"] + default_dur if st["last_raw"] is not None else 0.0
+            else:
+                if origin is None:
+                    origin = frame.pts
+                raw = (frame.pts - origin) * tb
+            st["last_raw"] = raw
+            heapq.heappush(heap, raw)
+            pending.append((st["seq"], frame, frame.duration * tb if frame.duration
+                            else default_dur))
+            st["seq"] += 1
+            if len(pending) > _REORDER_WINDOW:
+                emit()
+
+        errors = consecutive = 0
+        first_error: tuple[int | None, Exception] | None = None
+        demux_error: Exception | None = None
+        packets = container.demux(stream)
+        while not st["stop"]:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as exc:
+                demux_error = exc
+                break
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:
+                errors += 1
+                consecutive += 1
+                first_error = first_error or (packet.pts, exc)
+                if consecutive >= _MAX_CONSECUTIVE_ERRORS:
+                    break
+                continue
+            if decoded:
+                consecutive = 0
+            for frame in decoded:
+                take(frame)
+        if demux_error is not None or consecutive >= _MAX_CONSECUTIVE_ERRORS:
+            try:  # the demuxer gave up: flush the frames the decoder still holds
+                for frame in stream.codec_context.decode(None):
+                    take(frame)
+            except av.FFmpegError:
+                pass
+        while pending and not st["stop"]:
+            emit()
+
+        warnings: list[str] = []
+        if first_error is not None:
+            pts, exc = first_error
+            at = f" at {(pts - (origin or 0)) * tb:.2f} s" if pts is not None else ""
+            warnings.append(f"{errors} packet(s) failed to decode (first{at}: "
+                            f"{getattr(exc, 'strerror', None) or exc}); frames near them "
+                            "are missing")
+        if demux_error is not None:
+            warnings.append("reading stopped part-way: "
+                            f"{getattr(demux_error, 'strerror', None) or demux_error}")
+        coverage_end = None
+        if not st["stop"] and st["last_ts"] is not None:
+            coverage_end = st["last_ts"] + st["last_dur"]
+            selector.finish(coverage_end)
+            short = _shortfall(header, coverage_end, plan.end)
+            if short:
+                warnings.append(short)
+        return _Pass(selector=selector, header=header, geometry=geometry, count=st["seq"],
+                     partial=bool(warnings), warnings=warnings, coverage_end=coverage_end)
+    finally:
+        container.close()
+
+
+def _decode_pyav(path: Path, plan: _Plan, short_side: int | None) -> _Result:
+    run = _pyav_pass(path, plan, short_side, lambda conv: _grid_selector(plan, conv))
+    if not run.geometry:
+        raise DecodeError(f"no frame of {path} could be decoded"
+                          + (f" ({'; '.join(run.warnings)})" if run.warnings else ""),
+                          hint="the video stream is damaged or uses a codec this FFmpeg "
+                               "cannot decode; download it again or re-encode it")
+    clip_end = plan.end if run.coverage_end is None else min(plan.end, run.coverage_end)
+    if clip_end <= plan.start:
+        raise DecodeError(f"clip start {plan.start:.2f} s is past the end of {path} "
+                          f"({clip_end:.2f} s)", hint="check the clip's start time")
+    if clip_end - plan.start < 1.0 / plan.fps:
+        # shorter than one sampling window: its middle frame, from a second (short) pass
+        run = _pyav_pass(path, plan, short_side,
+                         lambda conv: _middle_selector(plan, clip_end, conv))
+    geo, header = run.geometry, run.header
+    whole = run.coverage_end is not None  # decoded to the end of the stream
+    info = VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=geo["width"],
+                     height=geo["height"], rotation=geo["rotation"],
+                     nominal_fps=header.nominal_fps,
+                     duration=run.coverage_end if whole else (header.expected_end or 0.0),
+                     num_frames=run.count if whole and plan.start == 0 else header.frames)
+    picks = run.selector.picks
+    return _Result([p[2] for p in picks], [p[0] for p in picks], info, run.partial,
+                   run.warnings)
+
+
+def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: bool) -> _Result:
+    """Pick frames from decord's timestamp table, then read only those by index.
+
+    ``salvage`` (decord chosen explicitly) reads frames one by one after a failed batch
+    and keeps those that decode; under ``auto`` a failure goes to PyAV instead, which
+    resumes after damaged packets.
+    """
+    decord = _decord_module()
+    header, rotation = _pyav_header_and_rotation(path)  # DecodeError here is final: PyAV sees the same
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        n = len(vr)
+        ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64) if n else None
+        nominal = float(vr.get_avg_fps())
+    except Exception as exc:  # DECORDError, RuntimeError, ...
+        raise _BackendFailure(f"decord could not open it: {_short(exc)}") from exc
+    if not n:
+        raise _BackendFailure("decord found no frames")
+    starts = ts[:, 0]
+    if not np.all(np.isfinite(ts)) or starts.min() < -1e-3 or np.any(np.diff(starts) < 0):
+        raise _BackendFailure("decord returned unusable frame timestamps "
+                              "(the container stores no presentation times)")
+    coverage_end = float(ts[-1, 1])
+    clip_end = min(plan.end, coverage_end)
+    if clip_end <= plan.start:
+        raise DecodeError(f"clip start {plan.start:.2f} s is past the end of {path} "
+                          f"({clip_end:.2f} s)", hint="check the clip's start time")
+    if clip_end - plan.start < 1.0 / plan.fps:
+        selector = _middle_selector(plan, clip_end)
+    else:
+        selector = _grid_selector(plan)
+    for i, t in enumerate(starts.tolist()):
+        selector.feed(t, i, i)
+        if selector.done() and t >= plan.end:
+            break
+    selector.finish(coverage_end)
+
+    w, h = _display_size(header.width, header.height, rotation)
+    out = _output_size(w, h, short_side)
+    warnings: list[str] = []
+    partial = False
+    short = _shortfall(header, coverage_end, plan.end)
+    if short:
+        partial = True
+        warnings.append(short)
+    picks = selector.picks
+    frames: list[np.ndarray] = []
+    kept: list[float] = []
+
+    def check(frame: np.ndarray) -> np.ndarray:
+        if frame.shape[:2] != (h, w):
+            raise _BackendFailure(f"decord frame is {frame.shape[1]}x{frame.shape[0]}, "
+                                  f"expected {w}x{h} after rotation {rotation}")
+        return _resize(frame, out)
+
+    for c in range(0, len(picks), _DECORD_CHUNK):
+        chunk = picks[c:c + _DECORD_CHUNK]
+        try:
+            batch = vr.get_batch([p[1] for p in chunk]).asnumpy()
+        except Exception as exc:
+            if not salvage:
+                raise _BackendFailure(f"decord failed reading frames: {_short(exc)}") from exc
+            for t, i, _ in chunk:
+                try:
+                    frames.append(check(vr[i].asnumpy()))
+                    kept.append(t)
+                except _BackendFailure:
+                    raise
+                except Exception:
+                    partial = True
+            continue
+        for (t, _, _), frame in zip(chunk, batch):
+            frames.append(check(frame))
+            kept.append(t)
+    if len(kept) < len(picks):
+        warnings.append(f"decord could not read {len(picks) - len(kept)} of {len(picks)} "
+                        "sampled frames; the file is damaged")
+    info = VideoInfo(path=str(path), backend="decord", codec=header.codec, width=w, height=h,
+                     rotation=rotation, nominal_fps=nominal or header.nominal_fps,
+                     duration=coverage_end, num_frames=n)
+    return _Result(frames, kept, info, partial, warnings)
+
+
+def _short(exc: BaseException) -> str:
+    """decord errors carry C++ log prefixes and backtraces; keep the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = next((ln for ln in reversed(lines) if not ln.startswith(("Stack", "[bt]"))),
+                type(exc).__name__)
+    text = re.sub(r"(\S*\[\d\d:\d\d:\d\d\] )?\S+\.(cc|h|cpp):\d+: ", "", text).strip()
+    return text[:200]
+
+
+def _probe_pyav(path: Path) -> VideoInfo:
+    container, stream = _open_pyav(path)
+    try:
+        header = _header(container, stream)
+        tb = float(stream.time_base)
+        origin = stream.start_time
+        rotation = None
+        count = 0
+        end = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if rotation is None:  # decode until the first frame shows the rotation
+                    try:
+                        frames = packet.decode()
+                    except av.FFmpegError:
+                        frames = []
+                    if frames:
+                        rotation = _cw_rotation(frames[0].rotation)
+                count += 1
+                if packet.pts is not None:
+                    if origin is None:
+                        origin = packet.pts
+                    stop = (packet.pts - origin + (packet.duration or 0)) * tb
+                    end = stop if end is None else max(end, stop)
+        except av.FFmpegError:
+            pass  # a damaged tail: report what was readable
+        rotation = rotation or 0
+        w, h = _display_size(header.width, header.height, rotation)
+        return VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=w, height=h,
+                         rotation=rotation, nominal_fps=header.nominal_fps,
+                         duration=float(end if end is not None else (header.expected_end or 0.0)),
+                         num_frames=count or header.frames)
+    finally:
+        container.close()
+
+
+def _pyav_header_and_rotation(path: Path):
+    """Stream header facts and display rotation, read with PyAV (decord reports neither)."""
+    container, stream = _open_pyav(path)
+    try:
+        return _header(container, stream), _pyav_first_rotation(container, stream)
+    finally:
+        container.close()
+
+
+def _probe_decord(path: Path) -> VideoInfo:
+    decord = _decord_module()
+    header, rotation = _pyav_header_and_rotation(path)
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        n = len(vr)
+        end = float(vr.get_frame_timestamp([n - 1])[0, 1]) if n else 0.0
+        fps = float(vr.get_avg_fps())
+    except Exception as exc:
+        raise DecodeError(f"decord cannot read {path}: {_short(exc)}",
+                          hint="use backend='pyav' or 'auto'") from exc
+    w, h = _display_size(header.width, header.height, rotation)
+    return VideoInfo(path=str(path), backend="decord", codec=header.codec, width=w, height=h,
+                     rotation=rotation, nominal_fps=fps or header.nominal_fps,
+                     duration=end, num_frames=n)
