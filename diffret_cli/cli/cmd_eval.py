@@ -61,7 +61,8 @@ def _print_table(title: str, result: dict) -> None:
 
 def evaluate_one(model, *, dataset: str, split: str, data_root, steps, topk, qb_norm: bool, seed: int,
                  device: str, no_rerank: bool, batch_size: int, qb_bank_size: int,
-                 data_cfg: dict | None = None, options: dict | None = None) -> dict[str, Any]:
+                 data_cfg: dict | None = None, options: dict | None = None,
+                 num_workers: int = 0) -> dict[str, Any]:
     from diffret_cli.evaluate import caption_bank, evaluate_split
     from diffret_cli.features import resolve_device
     from diffret_cli.runs import ensure_prepared
@@ -80,7 +81,7 @@ def evaluate_one(model, *, dataset: str, split: str, data_root, steps, topk, qb_
         bank = caption_bank(data.split(bank_split), limit=qb_bank_size, seed=seed)
     res = evaluate_split(model, data.split(split), device=dev, batch_size=batch_size,
                          rerank_scores=not no_rerank, steps=steps, topk_t2v=topk, topk_v2t=topk,
-                         seed=seed, qb_bank=bank)
+                         seed=seed, qb_bank=bank, num_workers=num_workers)
     res.update({"dataset": dataset, "split": split, "protocol": data.protocol})
     return res
 
@@ -100,7 +101,8 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
         res = evaluate_one(model, dataset=dataset, split=split, data_root=data_root, steps=ev.get("steps"),
                            topk=ev.get("topk_t2v"), qb_norm=bool(ev.get("qb_norm")), seed=recipe["train"]["seed"],
                            device=recipe["train"]["device"], no_rerank=False, batch_size=ev["batch_size"],
-                           qb_bank_size=5000, data_cfg=recipe.get("data"), options=options)
+                           qb_bank_size=5000, data_cfg=recipe.get("data"), options=options,
+                           num_workers=recipe["train"]["num_workers"])
         save_eval(run_dir, f"{dataset}-{split}", res)
         if as_json:
             click.echo(json.dumps(res, indent=2))
@@ -123,10 +125,12 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the diffusion noise.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Frame-loading processes for video encoding (0: in this process).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON to stdout instead of tables.")
 def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, out_domain: str | None,
              data_root: Path | None, steps: int | None, topk: int | None, no_rerank: bool, qb_norm: bool,
-             qb_bank_size: int, seed: int, device: str, batch_size: int, as_json: bool) -> None:
+             qb_bank_size: int, seed: int, device: str, batch_size: int, workers: int, as_json: bool) -> None:
     """Evaluate a run directory or checkpoint: R@1/5/10/50, MdR, MnR, Rsum, both directions,
     for the stage-1 scores and the diffusion re-ranked scores.
     """
@@ -159,7 +163,8 @@ def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, ou
     for label, ds, sp in pairs:
         res = evaluate_one(model, dataset=ds, split=sp, data_root=data_root, steps=steps, topk=topk,
                            qb_norm=qb_norm, seed=seed, device=device, no_rerank=no_rerank,
-                           batch_size=batch_size, qb_bank_size=qb_bank_size, data_cfg=data_cfg)
+                           batch_size=batch_size, qb_bank_size=qb_bank_size, data_cfg=data_cfg,
+                           num_workers=workers)
         res["checkpoint"] = str(ckpt)
         res["role"] = label
         save_eval(out_dir, f"{ds}-{sp}", res)
