@@ -122,7 +122,8 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
 @click.option("--no-rerank", is_flag=True, help="Stage-1 scores only.")
 @click.option("--qb-norm", is_flag=True, help="Add QB-Norm rows (query bank: training captions).")
 @click.option("--qb-bank-size", type=int, default=5000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the diffusion noise.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the diffusion noise (default: the run's train.seed, else 0).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True,
@@ -130,7 +131,7 @@ def run_evaluations(run_dir: Path, *, recipe: dict, data_root, as_json: bool) ->
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON to stdout instead of tables.")
 def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, out_domain: str | None,
              data_root: Path | None, steps: int | None, topk: int | None, no_rerank: bool, qb_norm: bool,
-             qb_bank_size: int, seed: int, device: str, batch_size: int, workers: int, as_json: bool) -> None:
+             qb_bank_size: int, seed: int | None, device: str, batch_size: int, workers: int, as_json: bool) -> None:
     """Evaluate a run directory or checkpoint: R@1/5/10/50, MdR, MnR, Rsum, both directions,
     for the stage-1 scores and the diffusion re-ranked scores.
     """
@@ -157,8 +158,11 @@ def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str, ou
     ckpt = resolve_checkpoint_dir(run)
     model = load_model(ckpt)
     out_dir = Path(run) if (Path(run) / "recipe.yaml").is_file() else ckpt
-    data_cfg = (yaml.safe_load((Path(run) / "recipe.yaml").read_text()).get("data")
-                if (Path(run) / "recipe.yaml").is_file() else None)
+    run_recipe = (yaml.safe_load((Path(run) / "recipe.yaml").read_text())
+                  if (Path(run) / "recipe.yaml").is_file() else {})
+    data_cfg = run_recipe.get("data")
+    if seed is None:  # the same noise as the evaluation at the end of training
+        seed = run_recipe.get("train", {}).get("seed", 0)
     results = {}
     for label, ds, sp in pairs:
         res = evaluate_one(model, dataset=ds, split=sp, data_root=data_root, steps=steps, topk=topk,
