@@ -113,3 +113,20 @@ def test_eval_of_a_missing_checkpoint_names_the_fix(tmp_path):
     assert res.exit_code != 0
     assert "no diffret checkpoint" in str(res.exception)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_eval_reproduces_the_end_of_training_table(trained, capsys):
+    """Same checkpoint, same noise seed (the run's train.seed): the same numbers."""
+    from diffret_cli.cli.cmd_eval import run_evaluations
+
+    run_dir, data_root = trained
+    recipe = tiny_recipe()
+    recipe["train"]["seed"] = 7  # the end-of-training evaluation draws its noise from it
+    (run_dir / "recipe.yaml").write_text(__import__("yaml").safe_dump(recipe))
+    run_evaluations(run_dir, recipe=recipe, data_root=data_root, as_json=True)
+    at_train_end = json.loads((run_dir / "eval" / "synthetic-test.json").read_text())
+    again = _eval([str(run_dir)], data_root)
+    assert again["settings"]["seed"] == 7
+    assert again["rows"] == at_train_end["rows"]
+    other = _eval([str(run_dir), "--seed", "8"], data_root)
+    assert other["rows"]["stage1"] == at_train_end["rows"]["stage1"]  # the seed only moves the noise
