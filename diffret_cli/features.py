@@ -36,22 +36,47 @@ class SplitTexts:
         return cls(caps, np.asarray(owner, dtype=np.int64))
 
 
+def frame_counts(split) -> dict[str, int]:
+    """video id -> frames in the cache, from the manifest (no cache file is opened); empty
+    for a split-like object without a manifest table."""
+    table = getattr(split, "table", None)
+    if table is None:
+        return {}
+    table = table.select_columns(["video_id", "num_frames"])
+    return dict(zip(table["video_id"], table["num_frames"]))
+
+
+class ModelFrames:
+    """Model-ready frames of one video of a prepared split: ``max_frames`` evenly spaced
+    cached frames (only those are decoded), resized, centre-cropped, normalised."""
+
+    def __init__(self, split, *, max_frames: int, image_size: int, mean, std):
+        self.split, self.counts = split, frame_counts(split)
+        self.max_frames, self.image_size, self.mean, self.std = max_frames, image_size, mean, std
+
+    def __call__(self, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.counts.get(video_id)
+        if n:  # decode only the frames that will be used
+            frames, _ = self.split.frames(video_id, indices=select_frame_indices(n, self.max_frames))
+        else:  # count unknown: read all, then pick
+            frames, _ = self.split.frames(video_id)
+            frames = frames[select_frame_indices(len(frames), self.max_frames)]
+        return frames_to_tensor(frames, image_size=self.image_size, mean=self.mean, std=self.std,
+                                max_frames=self.max_frames)
+
+
 class VideoFrames(Dataset):
     """Model-ready frames of every video of a prepared split."""
 
     def __init__(self, split, *, max_frames: int, image_size: int, mean, std):
-        self.split, self.videos = split, split.videos
-        self.max_frames, self.image_size, self.mean, self.std = max_frames, image_size, mean, std
+        self.videos = split.videos
+        self.load = ModelFrames(split, max_frames=max_frames, image_size=image_size, mean=mean, std=std)
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, i: int):
-        frames, _ = self.split.frames(self.videos[i].video_id)
-        frames = frames[select_frame_indices(len(frames), self.max_frames)]
-        x, m = frames_to_tensor(frames, image_size=self.image_size, mean=self.mean, std=self.std,
-                                max_frames=self.max_frames)
-        return x, m
+        return self.load(self.videos[i].video_id)
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -41,11 +41,10 @@ from torch.utils.data import DataLoader, Dataset
 from diffret_cli.checkpoint import atomic_write_bytes, save_model
 from diffret_cli.distributed import DistInfo, barrier, gather_no_grad, gather_with_grad
 from diffret_cli.evaluate import evaluate_split, selection_score
-from diffret_cli.features import (SplitTexts, autocast_for, encode_texts, encode_videos, load_features,
-                                  save_features)
+from diffret_cli.features import (ModelFrames, SplitTexts, autocast_for, encode_texts, encode_videos,
+                                  load_features, save_features)
 from diffret_cli.losses import generation_loss, hard_negative_candidates, symmetric_infonce
 from diffret_cli.model.diffusionret import DiffusionRet, TextFeatures, VideoFeatures
-from diffret_cli.preprocess import frames_to_tensor, select_frame_indices
 
 STATE_FILE = "training_state.pt"
 
@@ -56,22 +55,19 @@ class PairDataset(Dataset):
 
     def __init__(self, split, model: DiffusionRet):
         texts = SplitTexts.from_split(split)
-        self.split, self.videos = split, split.videos
+        self.videos = split.videos
         self.caption_video = texts.caption_video
         self.ids, self.mask = model.encoder.tokenize(texts.captions, model.config["max_words"])
         enc = model.encoder
-        self.max_frames, self.image_size = model.config["max_frames"], enc.image_size
-        self.mean, self.std = enc.image_mean, enc.image_std
+        self.load = ModelFrames(split, max_frames=model.config["max_frames"], image_size=enc.image_size,
+                                mean=enc.image_mean, std=enc.image_std)
 
     def __len__(self) -> int:
         return len(self.caption_video)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         v = int(self.caption_video[i])
-        frames, _ = self.split.frames(self.videos[v].video_id)
-        frames = frames[select_frame_indices(len(frames), self.max_frames)]
-        x, m = frames_to_tensor(frames, image_size=self.image_size, mean=self.mean, std=self.std,
-                                max_frames=self.max_frames)
+        x, m = self.load(self.videos[v].video_id)
         return {"ids": self.ids[i], "mask": self.mask[i], "frames": x, "frame_mask": m,
                 "video": torch.tensor(v), "index": torch.tensor(i)}
 
