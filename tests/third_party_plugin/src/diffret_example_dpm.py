@@ -32,35 +32,24 @@ class DPMSolver2MSampler(FullSampler):
     def config(self) -> dict:
         return self.base_config()
 
-    def _predict_x0(self, model_fn, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        out = model_fn(x, torch.full_like(t, self.timestep_map[i]))  # the model sees original steps
-        x0 = out if self.prediction == "x0" else self.coef.predict_x0_from_eps(x, t, out)
-        if self.clip_denoised:
-            x0 = x0.clamp(-self.clip_range, self.clip_range)
-        return t, out, x0
-
     @torch.no_grad()
     def sample(self, model_fn, x_start, *, generator=None, record=False) -> SampleResult:
-        x, traj = x_start, ([] if record else None)
-        x0_prev, h_prev = None, None
-        for i in reversed(range(len(self.timestep_map))):
-            t, out, x0 = self._predict_x0(model_fn, x, i)
-            if traj is not None:
-                traj.append({"x_t": x, "t": t, "model_output": out, "pred_x0": x0})
-            ab_s = float(self.coef.alphas_cumprod[i])
-            ab_t = float(self.coef.alphas_cumprod_prev[i])
-            if ab_t >= 1.0:  # the clean end: sigma_t = 0
-                x = x0
-                break
-            lam_s = 0.5 * math.log(ab_s / (1.0 - ab_s))
-            lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
-            h = lam_t - lam_s
-            if x0_prev is None:
-                d = x0
-            else:
-                r = h_prev / h
-                d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = math.sqrt((1.0 - ab_t) / (1.0 - ab_s)) * x - math.sqrt(ab_t) * math.expm1(-h) * d
-            x0_prev, h_prev = x0, h
-        return SampleResult(sample=x, trajectory=traj)
+        self._x0_prev, self._h_prev = None, None  # multistep state lives for one chain
+        return super().sample(model_fn, x_start, generator=generator, record=record)
+
+    def update(self, x, x0, t, *, last, generator):
+        i = int(t[0])
+        ab_s = float(self.coef.alphas_cumprod[i])
+        ab_t = float(self.coef.alphas_cumprod_prev[i])
+        if ab_t >= 1.0:  # the clean end: sigma_t = 0
+            return x0
+        lam_s = 0.5 * math.log(ab_s / (1.0 - ab_s))
+        lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
+        h = lam_t - lam_s
+        if self._x0_prev is None:
+            d = x0
+        else:
+            r = self._h_prev / h
+            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * self._x0_prev
+        self._x0_prev, self._h_prev = x0, h
+        return math.sqrt((1.0 - ab_t) / (1.0 - ab_s)) * x - math.sqrt(ab_t) * math.expm1(-h) * d
