@@ -8,6 +8,7 @@ their own (never replacing the raw numbers).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,22 +16,46 @@ import torch
 
 from diffret_cli.features import SplitTexts, encode_texts, encode_videos, resolve_precision
 from diffret_cli.metrics import retrieval_metrics
+from diffret_cli.model.diffusionret import TextFeatures, VideoFeatures
 from diffret_cli.rerank import rerank
+
+
+@dataclass
+class EncodedSplit:
+    """A split's captions and videos through the (frozen) stage-1 model."""
+
+    texts: SplitTexts
+    text: TextFeatures
+    video: VideoFeatures
+    seconds: float
+
+
+@torch.no_grad()
+def encode_split(model, split, *, device, precision: str, batch_size: int = 64,
+                 num_workers: int = 0) -> EncodedSplit:
+    model.eval()
+    texts = SplitTexts.from_split(split)
+    t0 = time.perf_counter()
+    tf = encode_texts(model, texts.captions, batch_size=batch_size, device=device, precision=precision)
+    vf = encode_videos(model, split, batch_size=max(1, batch_size // 4), device=device, precision=precision,
+                       num_workers=num_workers)
+    return EncodedSplit(texts, tf, vf, time.perf_counter() - t0)
 
 
 @torch.no_grad()
 def evaluate_split(model, split, *, device, precision: str = "auto", batch_size: int = 64,
                    rerank_scores: bool = True, steps: int | None = None, topk_t2v: int | None = None,
                    topk_v2t: int | None = None, seed: int = 0, qb_bank: list[str] | None = None,
-                   qb_beta: float = 20.0, qb_k: int = 1, num_workers: int = 0) -> dict[str, Any]:
+                   qb_beta: float = 20.0, qb_k: int = 1, num_workers: int = 0,
+                   encoded: EncodedSplit | None = None) -> dict[str, Any]:
+    """Metrics of ``split``. ``encoded`` reuses features from :func:`encode_split` (stage 2
+    validates every epoch with a frozen encoder: its features do not change)."""
     model.eval()
     precision = resolve_precision(precision, device)
-    texts = SplitTexts.from_split(split)
-    t0 = time.perf_counter()
-    tf = encode_texts(model, texts.captions, batch_size=batch_size, device=device, precision=precision)
-    vf = encode_videos(model, split, batch_size=max(1, batch_size // 4), device=device, precision=precision,
-                       num_workers=num_workers)
-    t_encode = time.perf_counter() - t0
+    if encoded is None:
+        encoded = encode_split(model, split, device=device, precision=precision, batch_size=batch_size,
+                               num_workers=num_workers)
+    texts, tf, vf, t_encode = encoded.texts, encoded.text, encoded.video, encoded.seconds
     sim = model.similarity_matrix(tf, vf)
     rows: dict[str, Any] = {"stage1": retrieval_metrics(sim, sim.t(), texts.caption_video)}
     t_rerank = 0.0

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffret_cli.checkpoint import atomic_write_bytes, save_model
 from diffret_cli.distributed import DistInfo, barrier, gather_no_grad, gather_with_grad
-from diffret_cli.evaluate import evaluate_split, selection_score
+from diffret_cli.evaluate import encode_split, evaluate_split, selection_score
 from diffret_cli.features import (ModelFrames, SplitTexts, autocast_for, encode_texts, encode_videos,
                                   load_features, save_features)
 from diffret_cli.losses import generation_loss, hard_negative_candidates, symmetric_infonce
@@ -199,6 +199,7 @@ class RunContext:
     resume_state: dict | None = None
     stop_after_steps: int | None = None  # testing hook: simulate a kill after N optimizer steps
     steps_done: int = 0
+    val_encoded: Any = None  # stage-2 validation features (the frozen encoder's)
     history: list = field(default_factory=list)
 
 
@@ -245,9 +246,15 @@ def _save_best(ctx: RunContext, model: DiffusionRet, stage: int, result: dict) -
 def _validate(ctx: RunContext, model: DiffusionRet, stage: int) -> dict:
     split = ctx.data.split(ctx.recipe["dataset"]["val_split"])
     ev = ctx.recipe["eval"]
+    encoded = None
+    if stage == 2:  # stage 1 is frozen: encode the validation split once per run
+        if ctx.val_encoded is None:
+            ctx.val_encoded = encode_split(model, split, device=ctx.device, precision=ctx.precision,
+                                           batch_size=ev["batch_size"])
+        encoded = ctx.val_encoded
     return evaluate_split(model, split, device=ctx.device, precision=ctx.precision,
                           batch_size=ev["batch_size"], rerank_scores=(stage == 2),
-                          seed=ctx.recipe["train"]["seed"])
+                          seed=ctx.recipe["train"]["seed"], encoded=encoded)
 
 
 @dataclass
