@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from diffret_cli.checkpoint import atomic_write_bytes, save_model
+from diffret_cli.data.paths import replace_dir
 from diffret_cli.distributed import DistInfo, barrier, gather_no_grad, gather_with_grad
 from diffret_cli.evaluate import encode_split, evaluate_split, selection_score
 from diffret_cli.features import (ModelFrames, SplitTexts, autocast_for, encode_texts, encode_videos,
@@ -522,11 +523,10 @@ def finalize_best(run_dir: Path, stages: list[int]) -> Path | None:
         src = run_dir / "checkpoints" / f"stage{stage}" / "best"
         if src.is_dir():
             dst = run_dir / "checkpoints" / "best"
-            tmp = run_dir / "checkpoints" / ".best.tmp"
+            tmp = run_dir / "checkpoints" / ".tmp-best"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp)
-            shutil.rmtree(dst, ignore_errors=True)
-            tmp.rename(dst)
+            replace_dir(tmp, dst)
             return dst
     return None
 

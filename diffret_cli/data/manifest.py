@@ -33,7 +33,7 @@ import numpy as np
 
 from diffret_cli.data.framecache import FrameCache
 from diffret_cli.data.paths import (PREPARED_JSON, REPORT_JSON, atomic_write_text, dataset_dir,
-                                    frames_dir, fsync_dir, manifests_dir)
+                                    frames_dir, manifests_dir, replace_dir)
 from diffret_cli.data.types import VideoEntry
 from diffret_cli.errors import DiffretError
 
@@ -105,12 +105,7 @@ def write_split_manifest(prepared: Path, split: str, rows: list[dict[str, Any]])
         if not was_disabled:
             datasets.enable_progress_bars()
     final = base / split
-    old = base / f".tmp-old-{os.urandom(4).hex()}-{split}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(base)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
     return final
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap the finished folder ``tmp`` into ``final``: readers see the old folder or the
+    new one (the old one is moved aside first, then removed), never a half-copied one."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".tmp-old-{os.urandom(4).hex()}-{final.name}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
