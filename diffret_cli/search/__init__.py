@@ -1,0 +1,1 @@
+"""Search your own video collection (see the package modules)."""
