@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from diffret_cli import __version__
-from diffret_cli.data.paths import atomic_path, atomic_write_bytes
 from diffret_cli.errors import CheckpointError
+from diffret_cli.fileio import atomic_path, atomic_write_json
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -110,14 +110,14 @@ OUT_DOMAIN_DEFAULT: dict[str, Any] = {"name": None, "options": {}, "split": "tes
 
 
 # ------------------------------------------------------------------------ schema paths
-def _is_free(path: str) -> bool:
+def is_free_path(path: str) -> bool:
     """Whether ``path`` is a free-form mapping or lies under one."""
     parts = path.split(".")
     return any(fnmatch.fnmatchcase(".".join(parts[:i]), pat)
                for pat in FREE_FORM for i in range(1, len(parts) + 1))
 
 
-def _schema_at(path: str) -> dict | None:
+def schema_at(path: str) -> dict | None:
     """The DEFAULTS mapping at a fixed-key ``path`` ("" = top level), or None."""
     node: Any = DEFAULTS
     for part in path.split(".") if path else ():
@@ -165,7 +165,7 @@ def _type_name(value: Any) -> str:
 
 def _check_structure(value: Any, path: str, problems: list[str], bad: set[str]) -> None:
     """Unknown keys, missing keys and wrong types of one fixed-key mapping, recursively."""
-    schema = _schema_at(path)
+    schema = schema_at(path)
     assert schema is not None
     label = path or "the recipe"
     if not isinstance(value, dict):

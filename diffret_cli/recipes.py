@@ -40,7 +40,7 @@ __all__ = [
     "load_recipe", "parse_value", "validate_recipe",
 ]
 from diffret_cli.recipe_schema import (DEFAULTS, FIELD_TYPES, FREE_FORM, LOSS_KINDS,  # noqa: F401 - re-exported
-                                      OUT_DOMAIN_DEFAULT, RECIPE_SUFFIX, _is_free, _schema_at,
+                                      OUT_DOMAIN_DEFAULT, RECIPE_SUFFIX, is_free_path, schema_at,
                                       validate_recipe)
 
 
@@ -283,8 +283,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] = ()) -> di
         node: Any = out
         for i, part in enumerate(parts):
             path, parent = ".".join(parts[: i + 1]), ".".join(parts[:i])
-            if not _is_free(path):
-                schema = _schema_at(parent)
+            if not is_free_path(path):
+                schema = schema_at(parent)
                 if schema is None:
                     kind = FIELD_TYPES.get(parent, "a value")
                     raise ConfigError(f"{parent!r} is {kind}, it has no key {part!r}{context}",

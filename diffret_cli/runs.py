@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import yaml
 
-from diffret_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from diffret_cli.distributed import barrier, cleanup, init_distributed
 from diffret_cli.errors import ConfigError
 from diffret_cli.features import resolve_device, resolve_precision
+from diffret_cli.fileio import atomic_write_bytes, atomic_write_json
 from diffret_cli.model.diffusionret import DiffusionRet
 from diffret_cli.trainer import (RunContext, finalize_best, jsonl_logger, load_best_stage1,
                                  load_training_state, run_stage1, run_stage2)

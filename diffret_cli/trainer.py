@@ -38,12 +38,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from diffret_cli.checkpoint import atomic_write_bytes, save_model
-from diffret_cli.data.paths import replace_dir
+from diffret_cli.checkpoint import save_model
 from diffret_cli.distributed import DistInfo, barrier, gather_no_grad, gather_with_grad
 from diffret_cli.evaluate import encode_split, evaluate_split, selection_score
 from diffret_cli.features import (ModelFrames, SplitTexts, autocast_for, encode_texts, encode_videos,
                                   load_features, save_features)
+from diffret_cli.fileio import atomic_write_bytes, replace_dir
 from diffret_cli.losses import generation_loss, hard_negative_candidates, symmetric_infonce
 from diffret_cli.model.diffusionret import DiffusionRet, TextFeatures, VideoFeatures
 

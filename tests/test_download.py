@@ -311,7 +311,7 @@ def test_prepare_uses_the_download_path(tmp_path):
 
 
 def test_files_already_under_the_source_dir_are_used_without_network(tmp_path):
-    from diffret_cli.data.prepare import _source_root, prepare
+    from diffret_cli.data.prepare import source_root_under, prepare
     from diffret_cli.registry import registry
 
     dead = f"http://127.0.0.1:{_closed_port()}/data.zip"
@@ -337,6 +337,6 @@ def test_files_already_under_the_source_dir_are_used_without_network(tmp_path):
     (base / "msrvtt_data").mkdir(parents=True)
     (base / "msrvtt_data" / "MSRVTT_data.json").write_text("{}")
     (base / "MSRVTT_val.full.csv").write_text("video_id\n")
-    assert _source_root(base, ["MSRVTT_val.full.csv", "MSRVTT_data.json"]) == base
-    assert _source_root(base, ["MSRVTT_data.json"]) == base / "msrvtt_data"
-    assert _source_root(base, ["MSRVTT_data.json", "MSRVTT_train.9k.csv"]) is None
+    assert source_root_under(base, ["MSRVTT_val.full.csv", "MSRVTT_data.json"]) == base
+    assert source_root_under(base, ["MSRVTT_data.json"]) == base / "msrvtt_data"
+    assert source_root_under(base, ["MSRVTT_data.json", "MSRVTT_train.9k.csv"]) is None

@@ -10,7 +10,7 @@ import pytest
 
 from diffret_cli.data import framecache as fc
 from diffret_cli.data.framecache import FrameCache, cache_key
-from diffret_cli.data.paths import atomic_write_bytes
+from diffret_cli.fileio import atomic_write_bytes
 
 
 def _frames(t: int = 4, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

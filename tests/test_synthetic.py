@@ -13,7 +13,7 @@ import pytest
 from diffret_cli.data.types import VideoEntry
 from diffret_cli.errors import AnnotationError, ConfigError
 from diffret_cli.registry import registry
-from diffret_plugins.datasets import _render
+from diffret_plugins.datasets import render
 from diffret_plugins.datasets.synthetic import (
     COLOUR_WORDS,
     COLOURS,
@@ -293,7 +293,7 @@ def test_synthetic_never_shows_held_out_pairs():
         for split in d.splits:
             for s in _scenes(d, split):
                 assert not {e.pair for e in s.events} & HELD_OUT_PAIRS, s.video_id
-                assert s.background in _render.PLAIN_BACKGROUNDS
+                assert s.background in render.PLAIN_BACKGROUNDS
 
 
 def test_shift_eval_always_shows_a_held_out_pair_on_new_backgrounds():
@@ -305,8 +305,8 @@ def test_shift_eval_always_shows_a_held_out_pair_on_new_backgrounds():
                 assert {e.pair for e in s.events} & HELD_OUT_PAIRS, s.video_id
                 assert s.domain == "shift"
                 seen_backgrounds[s.background] += 1
-    assert set(seen_backgrounds) == set(_render.TEXTURED_BACKGROUNDS)
-    assert not set(_render.TEXTURED_BACKGROUNDS) & set(_render.PLAIN_BACKGROUNDS)
+    assert set(seen_backgrounds) == set(render.TEXTURED_BACKGROUNDS)
+    assert not set(render.TEXTURED_BACKGROUNDS) & set(render.PLAIN_BACKGROUNDS)
 
 
 def test_shift_train_is_synthetic_train():
@@ -320,8 +320,8 @@ def test_shift_train_is_synthetic_train():
 
 def test_shift_motion_is_slower():
     """The same left-moving event travels less far in the shift domain."""
-    fast = _render.trajectory("left", "small", 0.5, 0.5, 3, _render.NORMAL)
-    slow = _render.trajectory("left", "small", 0.5, 0.5, 3, _render.SLOW)
+    fast = render.trajectory("left", "small", 0.5, 0.5, 3, render.NORMAL)
+    slow = render.trajectory("left", "small", 0.5, 0.5, 3, render.SLOW)
     assert fast[0].x - fast[-1].x == pytest.approx(0.40)
     assert slow[0].x - slow[-1].x == pytest.approx(0.25)
 
@@ -354,7 +354,7 @@ def _object_track(frames: np.ndarray, colour: str):
     """Centroid (x, y) in pixels and area of the pixels of exactly ``colour``."""
     out = []
     for fr in frames:
-        ys, xs = np.nonzero((fr == _render.COLOUR_RGB[colour]).all(axis=-1))
+        ys, xs = np.nonzero((fr == render.COLOUR_RGB[colour]).all(axis=-1))
         assert len(xs) > 5
         out.append((xs.mean(), ys.mean(), len(xs)))
     return np.array(out)
@@ -398,7 +398,7 @@ def test_event_order_is_order_of_appearance():
     d = Synthetic()
     s = next(s for s in _scenes(d, "test") if s.change == "order")
     base = d.scene("test", s.group * d.group_size)
-    first = lambda sc: _render.COLOUR_RGB[sc.events[0].colour]  # noqa: E731
+    first = lambda sc: render.COLOUR_RGB[sc.events[0].colour]  # noqa: E731
     for sc in (s, base):
         f0 = d.render(sc)[0]
         assert (f0 == first(sc)).all(axis=-1).sum() > 5

@@ -66,7 +66,7 @@ def test_unknown_backend_is_a_config_error():
 
 
 def test_without_decord_auto_uses_pyav_and_decord_request_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(video, "_decord_module", lambda: None)
+    monkeypatch.setattr(video, "decord_module", lambda: None)
     assert available_backends() == ["pyav"]
     out = decode_sampled(DEMO)
     assert out.backend == "pyav" and out.frames.shape == (10, 224, 298, 3)

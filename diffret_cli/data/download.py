@@ -30,8 +30,9 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from diffret_cli.data.paths import atomic_write_text, downloads_dir, source_dir
+from diffret_cli.data.paths import downloads_dir, source_dir
 from diffret_cli.errors import DiffretError, OfflineError
+from diffret_cli.fileio import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffret_cli.interfaces import DatasetPlugin

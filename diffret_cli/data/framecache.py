@@ -16,7 +16,7 @@ Kinetics, WebM and NTU clips), so MSRVTT at 1 fps (10k videos, ~150k frames) is 
 instead of the ~40 GB raw uint8 frames would take; one file per video keeps reads to one
 ``open`` and lets ``prepare`` resume per video; the header-only metadata makes "is this
 item done?" cheap. Files are written atomically
-(:func:`~diffret_cli.data.paths.atomic_write_bytes`), so a file that exists is complete.
+(:func:`~diffret_cli.fileio.atomic_write_bytes`), so a file that exists is complete.
 
 Video ids become file names through SHA-1 (ids contain ``/``, ``@``, ``.``...), sharded
 by the first two hex digits so a million videos never land in one directory.
@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from diffret_cli.data.paths import atomic_write_bytes, is_temp_name
+from diffret_cli.fileio import atomic_write_bytes, is_temp_name
 from diffret_cli.errors import DiffretError
 
 FORMAT = "diffret-frames/1"

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from diffret_cli.data.framecache import FrameCache
-from diffret_cli.data.paths import (PREPARED_JSON, REPORT_JSON, atomic_write_text, dataset_dir,
-                                    frames_dir, manifests_dir, replace_dir)
+from diffret_cli.data.paths import PREPARED_JSON, REPORT_JSON, dataset_dir, frames_dir, manifests_dir
 from diffret_cli.data.types import VideoEntry
 from diffret_cli.errors import DiffretError
+from diffret_cli.fileio import atomic_write_text, replace_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets

@@ -16,9 +16,7 @@ Layout under the data root (one folder per dataset)::
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -76,68 +74,3 @@ def source_dir(prepared: Path) -> Path:
 
 PREPARED_JSON = "prepared.json"
 REPORT_JSON = "prepare_report.json"
-
-
-# ----------------------------------------------------------------------- safe writes
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temp path beside ``path``; when the block succeeds, fsync it and rename it
-    over ``path``, so readers see the old file or the new one, never half.
-
-    Same directory (same filesystem, so ``os.replace`` is atomic), fsync'd before the
-    rename and the directory fsync'd after it (where supported): a crash or ``kill -9``
-    leaves at most a stray ``.tmp-*`` file that nothing reads.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{path.name}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap the finished folder ``tmp`` into ``final``: readers see the old folder or the
-    new one (the old one is moved aside first, then removed), never a half-copied one."""
-    tmp, final = Path(tmp), Path(final)
-    old = final.with_name(f".tmp-old-{os.urandom(4).hex()}-{final.name}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def fsync_dir(directory: Path) -> None:
-    """Persist a rename in ``directory`` (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def is_temp_name(name: str) -> bool:
-    """True for the temp files and directories our atomic writers leave behind on a crash."""
-    return name.startswith(".tmp-")

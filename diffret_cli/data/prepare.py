@@ -33,12 +33,12 @@ from typing import Any, Iterable
 from diffret_cli.data.framecache import DEFAULT_QUALITY
 from diffret_cli.data.manifest import (USABLE, read_prepared_json, reason_code, write_prepared_json,
                                        write_split_manifest)
-from diffret_cli.data.paths import REPORT_JSON, atomic_write_text, dataset_dir, frames_dir, is_temp_name, \
-    manifests_dir, source_dir
-from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, _fingerprint,  # noqa: F401
-                                             _init_worker, _run_pool, _WorkerState, process_video)
+from diffret_cli.data.paths import REPORT_JSON, dataset_dir, frames_dir, manifests_dir, source_dir
+from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, WorkerState, fingerprint,
+                                             init_worker, process_video, run_pool)
 from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
 from diffret_cli.errors import ConfigError, DiffretError
+from diffret_cli.fileio import atomic_write_text, is_temp_name
 from diffret_cli.interfaces import DatasetPlugin
 
 
@@ -174,7 +174,7 @@ def _names_under(base: Path, *, depth: int = 3) -> set[str]:
     return names
 
 
-def _source_root(base: Path, files: list[str]) -> Path | None:
+def source_root_under(base: Path, files: list[str]) -> Path | None:
     """Where to read from under ``base``: the one folder holding every file if there is
     one; else ``base`` itself when every file is somewhere below it (dataset plugins
     search their usual sub-folders); None when some file is not there at all."""
@@ -199,14 +199,14 @@ def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathL
         return src
     if not files:  # generated dataset: nothing to read
         return source_dir(prepared)
-    found = _source_root(source_dir(prepared), files)
+    found = source_root_under(source_dir(prepared), files)
     if found is not None:
         return found
     from diffret_cli.data.download import fetch_sources
 
     fetched = fetch_sources(plugin, prepared, progress=progress)
     # When a file is still missing, the plugin's parser says which and where to get it.
-    return _source_root(fetched, files) or fetched
+    return source_root_under(fetched, files) or fetched
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -256,8 +256,8 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root):
         _sweep_temp(frames_dir(root))
-        state = _WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
-                             _fingerprint([name, plugin.config()]))
+        state = WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
+                             fingerprint([name, plugin.config()]))
         results: dict[str, dict[str, Any]] = {}
         notes: list[str] = []
         entries = list(unique.values())
@@ -272,17 +272,17 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                 bar.update(task, advance=1, frames=frames_done)
 
             if workers == 1 or len(entries) <= 1:
-                _init_worker(state)
+                init_worker(state)
                 for e in entries:
                     on_result(process_video(e))
             else:
                 try:
-                    _run_pool(entries, state, min(workers, len(entries)), on_result)
+                    run_pool(entries, state, min(workers, len(entries)), on_result)
                 except WorkersUnavailable as exc:
                     note = f"worker processes could not start ({exc}); decoded in this process instead"
                     notes.append(note)
                     bar.console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
-                    _init_worker(state)
+                    init_worker(state)
                     for e in entries:
                         if e.video_id not in results:
                             on_result(process_video(e))

@@ -30,14 +30,14 @@ from diffret_cli.interfaces import DatasetPlugin
 CACHE_VERSION = 1
 
 
-def _fingerprint(obj: Any) -> str:
+def fingerprint(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 
 # ------------------------------------------------------------------------------ worker
 @dataclass
-class _WorkerState:
+class WorkerState:
     plugin: DatasetPlugin
     source: Path
     frames_root: Path
@@ -48,10 +48,10 @@ class _WorkerState:
     plugin_fp: str
 
 
-_STATE: _WorkerState | None = None
+_STATE: WorkerState | None = None
 
 
-def _init_worker(state: _WorkerState) -> None:
+def init_worker(state: WorkerState) -> None:
     global _STATE
     _STATE = state
 
@@ -67,7 +67,7 @@ def _from_cache(video_id: str, item: CachedItem, path: str) -> dict[str, Any]:
             "cached": True, "written": 0}
 
 
-def _settings_key(st: _WorkerState, entry: VideoEntry, source_fp: str) -> dict[str, Any]:
+def _settings_key(st: WorkerState, entry: VideoEntry, source_fp: str) -> dict[str, Any]:
     """What must match for a cached file to be reused."""
     return {"cache_version": CACHE_VERSION, "fps": st.fps, "short_side": st.short_side, "quality": st.quality,
             "start": entry.start, "end": entry.end, "source_fp": source_fp}
@@ -99,7 +99,7 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     vid = entry.video_id
     cache = FrameCache(st.frames_root, quality=st.quality, codec="png" if st.generated else "jpeg")
     if st.generated:
-        key = _settings_key(st, entry, _fingerprint([st.plugin_fp, entry.to_dict()]))
+        key = _settings_key(st, entry, fingerprint([st.plugin_fp, entry.to_dict()]))
         item = cache.info(vid)
         if _is_current(item, key):
             return _from_cache(vid, item, "")
@@ -130,7 +130,7 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
         return _skip(vid, "empty-file", "0 bytes", str(path))
     from diffret_cli.data.video import SAMPLING_RULE, decode_sampled
 
-    key = {**_settings_key(st, entry, _fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
+    key = {**_settings_key(st, entry, fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
     item = cache.info(vid)
     if _is_current(item, key):
         return _from_cache(vid, item, str(path))
@@ -184,7 +184,7 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
+def run_pool(entries: list[VideoEntry], state: WorkerState, workers: int,
               on_result: Callable[[dict[str, Any]], None]) -> None:
     """Run ``process_video`` over ``entries`` with at most ``4 * workers`` items in flight.
 
@@ -202,7 +202,7 @@ def _run_pool(entries: list[VideoEntry], state: _WorkerState, workers: int,
     doubtful: list[VideoEntry] = []
     first = True
     while todo:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                                    initargs=(state,))
         inflight: dict[Future, VideoEntry] = {}
         if first:  # workers that cannot start at all must not turn every video into a "crash"
@@ -247,8 +247,8 @@ def _ping() -> bool:
     return _STATE is not None
 
 
-def _run_isolated(entry: VideoEntry, state: _WorkerState, ctx) -> dict[str, Any]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker, initargs=(state,)) as pool:
+def _run_isolated(entry: VideoEntry, state: WorkerState, ctx) -> dict[str, Any]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=init_worker, initargs=(state,)) as pool:
         try:
             return pool.submit(process_video, entry).result()
         except BrokenProcessPool:

@@ -32,9 +32,10 @@ import av
 import numpy as np
 import PIL
 
-from diffret_cli.data.video_backends import (_decode_decord, _decode_pyav, _decord_module, _probe_decord,
-                                             _probe_pyav)
-from diffret_cli.data.video_frames import DecodedVideo, VideoInfo, _BackendFailure, _Plan, _Result, _thin  # noqa: F401
+from diffret_cli.data.video_backends import (decode_decord, decode_pyav, decord_module, probe_decord,
+                                             probe_pyav)
+from diffret_cli.data.video_frames import (BackendFailure, BackendResult, DecodedVideo, SamplingPlan, VideoInfo,
+                                           thin_indices)
 from diffret_cli.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -60,7 +61,7 @@ _BACKENDS = ("decord", "pyav")
 
 def available_backends() -> list[str]:
     """Backends usable here, in the order ``backend="auto"`` tries them."""
-    return ["decord", "pyav"] if _decord_module() is not None else ["pyav"]
+    return ["decord", "pyav"] if decord_module() is not None else ["pyav"]
 
 
 def decoder_settings() -> dict[str, Any]:
@@ -69,7 +70,7 @@ def decoder_settings() -> dict[str, Any]:
     Two datasets prepared with different settings here can hold different pixels for
     the same video, so the prepare step stores this next to the frames.
     """
-    decord = _decord_module()
+    decord = decord_module()
     ffmpeg = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
     return {
         "sampling_rule": SAMPLING_RULE,
@@ -120,7 +121,7 @@ def _resolve_backends(backend: str) -> list[str]:
     if backend not in _BACKENDS:
         raise ConfigError(f"unknown video backend {backend!r}",
                           hint=f"use one of: auto, {', '.join(_BACKENDS)}")
-    if backend == "decord" and _decord_module() is None:
+    if backend == "decord" and decord_module() is None:
         raise DecodeError("video backend 'decord' is not installed here",
                           hint="pip install decord (x86_64 wheels only), or use "
                                "backend='pyav' or 'auto'")
@@ -147,7 +148,7 @@ def probe(path: str | os.PathLike, *, backend: str = "auto") -> VideoInfo:
     """
     p = _check_file(path)
     _resolve_backends(backend)  # validates the name, and that decord is installed if asked
-    return _probe_decord(p) if backend == "decord" else _probe_pyav(p)
+    return probe_decord(p) if backend == "decord" else probe_pyav(p)
 
 
 def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int | None = 224,
@@ -182,7 +183,7 @@ def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames!r}")
     if min_frames < 1:
         raise ValueError(f"min_frames must be >= 1, got {min_frames!r}")
-    plan = _Plan(start=max(0.0, float(start or 0.0)),
+    plan = SamplingPlan(start=max(0.0, float(start or 0.0)),
                  end=math.inf if end is None else float(end), fps=float(fps))
     if plan.end <= plan.start:
         raise ValueError(f"end ({end}) must be after start ({start})")
@@ -190,22 +191,22 @@ def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int
     order = _resolve_backends(backend)
 
     notes: list[str] = []
-    result: _Result | None = None
+    result: BackendResult | None = None
     for name in order:
         try:
             if name == "decord":
-                result = _decode_decord(p, plan, short_side, salvage=backend == "decord")
+                result = decode_decord(p, plan, short_side, salvage=backend == "decord")
             else:
-                result = _decode_pyav(p, plan, short_side)
+                result = decode_pyav(p, plan, short_side)
             break
-        except _BackendFailure as exc:
+        except BackendFailure as exc:
             if backend == "decord":
                 raise DecodeError(f"decord cannot decode {p}: {exc}",
                                   hint="use backend='pyav' or 'auto'") from exc
             notes.append(f"decord: {exc}; decoded with PyAV instead")
     assert result is not None  # pyav is always last and raises DecodeError on failure
 
-    keep = _thin(len(result.frames), max_frames)
+    keep = thin_indices(len(result.frames), max_frames)
     frames = [result.frames[i] for i in keep]
     stamps = [result.timestamps[i] for i in keep]
     warnings = notes + result.warnings

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import av
 import numpy as np
 
-from diffret_cli.data.video_frames import (VideoInfo, _BackendFailure, _cw_rotation,
-                                           _display_size, _grid_selector, _middle_selector, _output_size,
-                                           _Plan, _resize, _Result, _Selector)
+from diffret_cli.data.video_frames import (BackendFailure, BackendResult, FrameSelector, SamplingPlan, VideoInfo,
+                                           cw_rotation, display_size, grid_selector, middle_selector,
+                                           output_size, resize_rgb)
 from diffret_cli.errors import DecodeError
 
 
@@ -41,7 +41,7 @@ _DECORD_CHUNK = 8
 
 
 @functools.lru_cache(maxsize=1)
-def _decord_module() -> Any | None:
+def decord_module() -> Any | None:
     """decord, or None where it cannot be imported (no aarch64 wheels)."""
     try:
         import decord  # noqa: PLC0415 - optional, imported on use
@@ -127,7 +127,7 @@ def _pyav_first_rotation(container, stream) -> int:
     try:
         for packet in container.demux(stream):
             for frame in packet.decode():
-                return _cw_rotation(frame.rotation)
+                return cw_rotation(frame.rotation)
     except av.FFmpegError:
         pass
     return 0
@@ -137,7 +137,7 @@ def _pyav_first_rotation(container, stream) -> int:
 class _Pass:
     """Outcome of one sequential PyAV pass."""
 
-    selector: _Selector
+    selector: FrameSelector
     header: _Header
     geometry: dict[str, Any]  # rotation, display width/height, output size (first frame)
     count: int  # frames decoded
@@ -146,8 +146,8 @@ class _Pass:
     coverage_end: float | None  # end of the last frame; None when stopped at the clip end
 
 
-def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
-               make_selector: Callable[[Callable], _Selector]) -> _Pass:
+def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
+               make_selector: Callable[[Callable], FrameSelector]) -> _Pass:
     """Decode ``path`` sequentially once, feeding frames to a selector.
 
     Packets are decoded one by one so that a damaged packet costs only the frames
@@ -166,7 +166,7 @@ def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
             rgb = frame.to_ndarray(format="rgb24")
             if geometry["rotation"]:
                 rgb = np.rot90(rgb, k=(4 - geometry["rotation"] // 90) % 4)
-            return _resize(rgb, geometry["out"])
+            return resize_rgb(rgb, geometry["out"])
 
         selector = make_selector(convert)
         if plan.start > 0:
@@ -196,10 +196,10 @@ def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
         def take(frame) -> None:
             nonlocal origin
             if not geometry:
-                rot = _cw_rotation(frame.rotation)
-                w, h = _display_size(frame.width, frame.height, rot)
+                rot = cw_rotation(frame.rotation)
+                w, h = display_size(frame.width, frame.height, rot)
                 geometry.update(rotation=rot, width=w, height=h,
-                                out=_output_size(w, h, short_side))
+                                out=output_size(w, h, short_side))
             if frame.pts is None:
                 raw = st["last_raw"] + default_dur if st["last_raw"] is not None else 0.0
             else:
@@ -271,8 +271,8 @@ def _pyav_pass(path: Path, plan: _Plan, short_side: int | None,
         container.close()
 
 
-def _decode_pyav(path: Path, plan: _Plan, short_side: int | None) -> _Result:
-    run = _pyav_pass(path, plan, short_side, lambda conv: _grid_selector(plan, conv))
+def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None) -> BackendResult:
+    run = _pyav_pass(path, plan, short_side, lambda conv: grid_selector(plan, conv))
     if not run.geometry:
         raise DecodeError(f"no frame of {path} could be decoded"
                           + (f" ({'; '.join(run.warnings)})" if run.warnings else ""),
@@ -285,7 +285,7 @@ def _decode_pyav(path: Path, plan: _Plan, short_side: int | None) -> _Result:
     if clip_end - plan.start < 1.0 / plan.fps:
         # shorter than one sampling window: its middle frame, from a second (short) pass
         run = _pyav_pass(path, plan, short_side,
-                         lambda conv: _middle_selector(plan, clip_end, conv))
+                         lambda conv: middle_selector(plan, clip_end, conv))
     geo, header = run.geometry, run.header
     whole = run.coverage_end is not None  # decoded to the end of the stream
     info = VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=geo["width"],
@@ -294,18 +294,18 @@ def _decode_pyav(path: Path, plan: _Plan, short_side: int | None) -> _Result:
                      duration=run.coverage_end if whole else (header.expected_end or 0.0),
                      num_frames=run.count if whole and plan.start == 0 else header.frames)
     picks = run.selector.picks
-    return _Result([p[2] for p in picks], [p[0] for p in picks], info, run.partial,
+    return BackendResult([p[2] for p in picks], [p[0] for p in picks], info, run.partial,
                    run.warnings)
 
 
-def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: bool) -> _Result:
+def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, salvage: bool) -> BackendResult:
     """Pick frames from decord's timestamp table, then read only those by index.
 
     ``salvage`` (decord chosen explicitly) reads frames one by one after a failed batch
     and keeps those that decode; under ``auto`` a failure goes to PyAV instead, which
     resumes after damaged packets.
     """
-    decord = _decord_module()
+    decord = decord_module()
     header, rotation = _pyav_header_and_rotation(path)  # DecodeError here is final: PyAV sees the same
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -313,12 +313,12 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
         ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64) if n else None
         nominal = float(vr.get_avg_fps())
     except Exception as exc:  # DECORDError, RuntimeError, ...
-        raise _BackendFailure(f"decord could not open it: {_short(exc)}") from exc
+        raise BackendFailure(f"decord could not open it: {_short(exc)}") from exc
     if not n:
-        raise _BackendFailure("decord found no frames")
+        raise BackendFailure("decord found no frames")
     starts = ts[:, 0]
     if not np.all(np.isfinite(ts)) or starts.min() < -1e-3 or np.any(np.diff(starts) < 0):
-        raise _BackendFailure("decord returned unusable frame timestamps "
+        raise BackendFailure("decord returned unusable frame timestamps "
                               "(the container stores no presentation times)")
     coverage_end = float(ts[-1, 1])
     clip_end = min(plan.end, coverage_end)
@@ -326,17 +326,17 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
         raise DecodeError(f"clip start {plan.start:.2f} s is past the end of {path} "
                           f"({clip_end:.2f} s)", hint="check the clip's start time")
     if clip_end - plan.start < 1.0 / plan.fps:
-        selector = _middle_selector(plan, clip_end)
+        selector = middle_selector(plan, clip_end)
     else:
-        selector = _grid_selector(plan)
+        selector = grid_selector(plan)
     for i, t in enumerate(starts.tolist()):
         selector.feed(t, i, i)
         if selector.done() and t >= plan.end:
             break
     selector.finish(coverage_end)
 
-    w, h = _display_size(header.width, header.height, rotation)
-    out = _output_size(w, h, short_side)
+    w, h = display_size(header.width, header.height, rotation)
+    out = output_size(w, h, short_side)
     warnings: list[str] = []
     partial = False
     short = _shortfall(header, coverage_end, plan.end)
@@ -349,9 +349,9 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
 
     def check(frame: np.ndarray) -> np.ndarray:
         if frame.shape[:2] != (h, w):
-            raise _BackendFailure(f"decord frame is {frame.shape[1]}x{frame.shape[0]}, "
+            raise BackendFailure(f"decord frame is {frame.shape[1]}x{frame.shape[0]}, "
                                   f"expected {w}x{h} after rotation {rotation}")
-        return _resize(frame, out)
+        return resize_rgb(frame, out)
 
     for c in range(0, len(picks), _DECORD_CHUNK):
         chunk = picks[c:c + _DECORD_CHUNK]
@@ -359,12 +359,12 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
             batch = vr.get_batch([p[1] for p in chunk]).asnumpy()
         except Exception as exc:
             if not salvage:
-                raise _BackendFailure(f"decord failed reading frames: {_short(exc)}") from exc
+                raise BackendFailure(f"decord failed reading frames: {_short(exc)}") from exc
             for t, i, _ in chunk:
                 try:
                     frames.append(check(vr[i].asnumpy()))
                     kept.append(t)
-                except _BackendFailure:
+                except BackendFailure:
                     raise
                 except Exception:
                     partial = True
@@ -378,7 +378,7 @@ def _decode_decord(path: Path, plan: _Plan, short_side: int | None, *, salvage: 
     info = VideoInfo(path=str(path), backend="decord", codec=header.codec, width=w, height=h,
                      rotation=rotation, nominal_fps=nominal or header.nominal_fps,
                      duration=coverage_end, num_frames=n)
-    return _Result(frames, kept, info, partial, warnings)
+    return BackendResult(frames, kept, info, partial, warnings)
 
 
 def _short(exc: BaseException) -> str:
@@ -390,7 +390,7 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _probe_pyav(path: Path) -> VideoInfo:
+def probe_pyav(path: Path) -> VideoInfo:
     container, stream = _open_pyav(path)
     try:
         header = _header(container, stream)
@@ -409,7 +409,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
                     except av.FFmpegError:
                         frames = []
                     if frames:
-                        rotation = _cw_rotation(frames[0].rotation)
+                        rotation = cw_rotation(frames[0].rotation)
                 count += 1
                 if packet.pts is not None:
                     if origin is None:
@@ -419,7 +419,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
         except av.FFmpegError:
             pass  # a damaged tail: report what was readable
         rotation = rotation or 0
-        w, h = _display_size(header.width, header.height, rotation)
+        w, h = display_size(header.width, header.height, rotation)
         return VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=w, height=h,
                          rotation=rotation, nominal_fps=header.nominal_fps,
                          duration=float(end if end is not None else (header.expected_end or 0.0)),
@@ -437,8 +437,8 @@ def _pyav_header_and_rotation(path: Path):
         container.close()
 
 
-def _probe_decord(path: Path) -> VideoInfo:
-    decord = _decord_module()
+def probe_decord(path: Path) -> VideoInfo:
+    decord = decord_module()
     header, rotation = _pyav_header_and_rotation(path)
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -448,7 +448,7 @@ def _probe_decord(path: Path) -> VideoInfo:
     except Exception as exc:
         raise DecodeError(f"decord cannot read {path}: {_short(exc)}",
                           hint="use backend='pyav' or 'auto'") from exc
-    w, h = _display_size(header.width, header.height, rotation)
+    w, h = display_size(header.width, header.height, rotation)
     return VideoInfo(path=str(path), backend="decord", codec=header.codec, width=w, height=h,
                      rotation=rotation, nominal_fps=fps or header.nominal_fps,
                      duration=end, num_frames=n)

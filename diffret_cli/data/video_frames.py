@@ -60,22 +60,22 @@ class DecodedVideo:
     warnings: list[str] = field(default_factory=list)
 
 
-class _BackendFailure(Exception):
+class BackendFailure(Exception):
     """decord could not do the job; ``auto`` falls back to PyAV."""
 
 
-def _cw_rotation(ccw_degrees: float | int | None) -> int:
+def cw_rotation(ccw_degrees: float | int | None) -> int:
     """FFmpeg's counter-clockwise display angle -> clockwise quarter turns in degrees."""
     if not ccw_degrees:
         return 0
     return int((-round(float(ccw_degrees) / 90.0) * 90) % 360)
 
 
-def _display_size(width: int, height: int, rotation: int) -> tuple[int, int]:
+def display_size(width: int, height: int, rotation: int) -> tuple[int, int]:
     return (height, width) if rotation in (90, 270) else (width, height)
 
 
-def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+def output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
     """(w, h) with the short side equal to ``short_side``, aspect ratio kept."""
     if short_side is None:
         return width, height
@@ -90,7 +90,7 @@ def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return w, h
 
 
-def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic resize to ``size`` = (w, h), as CLIP preprocessing does it (PIL)."""
     if (rgb.shape[1], rgb.shape[0]) == size:
         return np.ascontiguousarray(rgb)
@@ -99,7 +99,7 @@ def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class SamplingPlan:
     start: float  # clip start (seconds)
     end: float  # clip end requested (inf = to the end of the video)
     fps: float
@@ -109,7 +109,7 @@ class _Plan:
         return self.start + (k + 0.5) / self.fps
 
 
-class _Selector:
+class FrameSelector:
     """Online nearest-timestamp picker shared by both backends.
 
     Frames are fed in display order with increasing timestamps. Target ``t_k`` is
@@ -159,16 +159,16 @@ class _Selector:
         self.picks.append((item[0], item[1], self._convert(item[2])))
 
 
-def _grid_selector(plan: _Plan, convert=lambda x: x) -> _Selector:
-    return _Selector(plan.grid, plan.end, convert)
+def grid_selector(plan: SamplingPlan, convert=lambda x: x) -> FrameSelector:
+    return FrameSelector(plan.grid, plan.end, convert)
 
 
-def _middle_selector(plan: _Plan, clip_end: float, convert=lambda x: x) -> _Selector:
+def middle_selector(plan: SamplingPlan, clip_end: float, convert=lambda x: x) -> FrameSelector:
     mid = plan.start + (clip_end - plan.start) / 2
-    return _Selector(lambda k: mid if k == 0 else math.inf, math.inf, convert)
+    return FrameSelector(lambda k: mid if k == 0 else math.inf, math.inf, convert)
 
 
-def _thin(n: int, max_frames: int | None) -> list[int]:
+def thin_indices(n: int, max_frames: int | None) -> list[int]:
     """Indices of ``max_frames`` evenly spaced items out of ``n`` (all when fewer)."""
     if max_frames is None or n <= max_frames:
         return list(range(n))
@@ -176,7 +176,7 @@ def _thin(n: int, max_frames: int | None) -> list[int]:
 
 
 @dataclass
-class _Result:
+class BackendResult:
     frames: list[np.ndarray]
     timestamps: list[float]
     info: VideoInfo

@@ -30,8 +30,8 @@ Distribution shift (``synthetic-shift``). The colour-shape pairs in
 :data:`HELD_OUT_PAIRS` never occur in ``synthetic`` (any split). ``synthetic-shift``
 train is exactly ``synthetic`` train; its val and test videos each contain at least one
 held-out pair, are drawn on textured backgrounds never seen in training
-(:data:`~diffret_plugins.datasets._render.TEXTURED_BACKGROUNDS`) and move at a slower
-speed (:data:`~diffret_plugins.datasets._render.SLOW`).
+(:data:`~diffret_plugins.datasets.render.TEXTURED_BACKGROUNDS`) and move at a slower
+speed (:data:`~diffret_plugins.datasets.render.SLOW`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from diffret_cli.data.types import Protocol, SplitAnnotations, VideoEntry
 from diffret_cli.errors import AnnotationError, ConfigError
 from diffret_cli.interfaces import DatasetPlugin, DownloadSource
 
-from diffret_plugins.datasets import _render
+from diffret_plugins.datasets import render
 
 # ------------------------------------------------------------------------- attributes
-COLOURS = tuple(_render.COLOUR_RGB)  # red green blue yellow purple orange
-SHAPES = tuple(_render.SHAPE_MASKS)  # circle square triangle cross star ring
+COLOURS = tuple(render.COLOUR_RGB)  # red green blue yellow purple orange
+SHAPES = tuple(render.SHAPE_MASKS)  # circle square triangle cross star ring
 SIZES = ("small", "large")
 MOTIONS = ("left", "right", "up", "down", "grows", "shrinks", "spins", "bounces")
 #: a spin of these shapes leaves the pixels unchanged, so they never "spin"
@@ -153,7 +153,7 @@ def vocabulary() -> frozenset[str]:
 class Event:
     """One object doing one motion.
 
-    ``ux, uy`` in [0, 1) place it (see ``_render.trajectory``); ``wording`` picks its
+    ``ux, uy`` in [0, 1) place it (see ``render.trajectory``); ``wording`` picks its
     synonyms in captions. Both travel with the event when a hard negative reorders
     events, so the reordered video looks and reads the same except for the order.
     """
@@ -426,9 +426,9 @@ class Synthetic(DatasetPlugin):
         rng = _rng(*self._key(split), group, _PURPOSE_BASE, variant)
         n = int(rng.integers(self.min_events, self.max_events + 1))
         if domain == "in":
-            background = _pick(rng, tuple(_render.PLAIN_BACKGROUNDS))
+            background = _pick(rng, tuple(render.PLAIN_BACKGROUNDS))
         else:
-            background = _pick(rng, _render.TEXTURED_BACKGROUNDS)
+            background = _pick(rng, render.TEXTURED_BACKGROUNDS)
         jitter = int(rng.integers(-10, 11))
         forced = int(rng.integers(n))  # the event that shows a held-out pair (shift only)
         held = tuple(sorted(HELD_OUT_PAIRS))
@@ -490,9 +490,9 @@ class Synthetic(DatasetPlugin):
     def render(self, scene: Scene) -> np.ndarray:
         """Frames [T, S, S, 3] uint8 of ``scene``."""
         rng = _rng(*self._key(scene.split), scene.group, _PURPOSE_TEXTURE)  # "noise" only
-        bg = _render.background(scene.background, self.frame_size, jitter=scene.jitter, rng=rng)
-        style = _render.NORMAL if scene.domain == "in" else _render.SLOW
-        return _render.render([(e.colour, e.shape, e.size, e.motion, e.ux, e.uy)
+        bg = render.background(scene.background, self.frame_size, jitter=scene.jitter, rng=rng)
+        style = render.NORMAL if scene.domain == "in" else render.SLOW
+        return render.render([(e.colour, e.shape, e.size, e.motion, e.ux, e.uy)
                                for e in scene.events],
                               bg=bg, frames_per_event=self.seconds_per_event, style=style)
 
@@ -518,7 +518,7 @@ class SyntheticShift(Synthetic):
     Train is identical to ``synthetic`` train (same seed, same content; ids differ only
     in their prefix). Val/test: every video shows at least one of :data:`HELD_OUT_PAIRS`
     (colour-shape pairs never seen in training), on textured backgrounds, moving at the
-    slower :data:`~diffret_plugins.datasets._render.SLOW` speeds.
+    slower :data:`~diffret_plugins.datasets.render.SLOW` speeds.
     """
 
     name: ClassVar[str] = "synthetic-shift"
