@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 
 from diffret_cli.data.types import SplitAnnotations, VideoEntry
-from diffret_cli.interfaces import DatasetPlugin
+from diffret_cli.data.plugin import DatasetPlugin
 
 # CLIP4Clip's scale: short side 224, the other side even and aspect-preserving for
 # landscape input (its portrait branch is the one that squashes; our videos are landscape).

@@ -1,11 +1,14 @@
-"""The interface of every plugin kind.
+"""The interface of the model-layer plugin kinds: encoders, denoisers, schedules, samplers.
 
 Each kind has one abstract base class here and one contract test in
 ``tests/test_contracts.py`` that every registered plugin of that kind must pass (shapes,
-dtypes, device moves, config round trip, seeded determinism). A third-party plugin
-subclasses the base, takes keyword-only constructor arguments that ``config()`` returns
-(so ``type(p)(**p.config())`` rebuilds it), and registers under the group
-``diffret.<kind>`` in its ``pyproject.toml``.
+dtypes, device moves, config round trip, seeded determinism), run on the arguments the
+plugin's :meth:`~diffret_cli.configurable.ConfigurablePlugin.example_args` gives. A
+third-party plugin subclasses the base (imported from :mod:`diffret_cli.sdk`), takes
+keyword-only constructor arguments that ``config()`` returns (so
+``type(p)(**p.config())`` rebuilds it), and registers under the group ``diffret.<kind>``
+in its ``pyproject.toml``. The dataset plugin interface belongs to the data layer
+(:mod:`diffret_cli.data.plugin`).
 
 Notation (DiffusionRet paper, section 3): ``B`` queries, ``K`` candidates per query,
 ``T`` frames, ``L`` tokens, ``D`` embedding width.
@@ -15,21 +18,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffret_cli.data.types import Protocol, SplitAnnotations, VideoEntry
-
-
-class ConfigurablePlugin:
-    """Keyword-only constructor arguments round-trip through ``config()``."""
-
-    def config(self) -> dict[str, Any]:  # pragma: no cover - every plugin overrides
-        raise NotImplementedError
+from diffret_cli.configurable import ConfigurablePlugin
 
 
 # --------------------------------------------------------------------------- encoders
@@ -61,16 +56,33 @@ class Encoder(nn.Module, ConfigurablePlugin, ABC):
     def logit_scale(self) -> torch.Tensor:
         """exp of the learnable log temperature, clamped to at most 100 (CLIP)."""
 
+    # What a model may build from the text tower. DiffusionRet initialises its temporal
+    # transformer from the first text layers (paper section 3.2); an encoder without a
+    # text transformer returns None from all three and the model starts from scratch.
     def text_layer_state(self, index: int) -> dict[str, torch.Tensor] | None:
-        """State dict of text transformer layer ``index`` (to initialise a temporal
-        transformer from it, as DiffusionRet does), or None if the encoder has none."""
+        """State dict of text transformer layer ``index`` (keys as in a
+        ``ResidualAttentionBlock``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``), or None if
+        the encoder has no such layer."""
+        return None
+
+    def text_attention_heads(self) -> int | None:
+        """Attention heads of the text transformer layers, or None without them (a layer
+        state only fits a block with the same head count)."""
         return None
 
     def text_positional_embedding(self) -> torch.Tensor | None:
+        """The text positional embedding [context, D], or None."""
         return None
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by learning-rate group: {"pretrained": [...], "frozen": [...]}."""
+        """Every parameter exactly once, by what the optimiser does with it:
+
+        - ``"pretrained"``: trained at the encoder's own (lower) learning rate;
+        - ``"frozen"``: never updated (the encoder keeps ``requires_grad`` False on them).
+
+        The split is structural: it does not change when a trainer freezes or unfreezes
+        the whole encoder with ``requires_grad_`` (stage 2 freezes everything).
+        """
         return {"pretrained": list(self.parameters()), "frozen": []}
 
 
@@ -161,6 +173,12 @@ class Sampler(ConfigurablePlugin, ABC):
 
     The caller always does ``x = sampler.start(shape=..., anchor=..., generator=g)`` then
     ``sampler.sample(model_fn, x, generator=g)``.
+
+    A sampler's attributes are its configuration only: what one chain carries from step
+    to step (a multistep solver's previous predictions) lives for that chain, in the
+    ``state`` dict :class:`~diffret_cli.full_sampler.FullSampler` hands to every
+    ``update``, never on ``self``; so one instance can run any number of chains, in any
+    order or interleaved.
     """
 
     prediction: ClassVar[str] = "x0"  # what model_fn predicts: "x0" or "eps"
@@ -180,63 +198,3 @@ class Sampler(ConfigurablePlugin, ABC):
     @abstractmethod
     def timesteps(self) -> list[int]:
         """The step indices the model is called with, in calling order."""
-
-
-# --------------------------------------------------------------------------- datasets
-@dataclass(frozen=True)
-class DownloadSource:
-    """Where a dataset's files can be fetched from (for ``diffret data prepare``)."""
-
-    name: str  # e.g. "annotations", "videos"
-    urls: tuple[str, ...]  # tried in order
-    filename: str  # saved as
-    sha256: str | None = None
-    size: int | None = None
-    extract: bool = True
-    note: str = ""
-
-
-class DatasetPlugin(ConfigurablePlugin, ABC):
-    """Reads a benchmark's files exactly as distributed.
-
-    ``load_split(source, split)`` parses the annotation files under ``source`` (the
-    official layout) and returns :class:`SplitAnnotations`; it raises
-    :class:`~diffret_cli.errors.AnnotationError` (file, line or key, what was expected)
-    on a malformed file and records per-item problems without raising.
-    """
-
-    name: ClassVar[str]
-    splits: ClassVar[tuple[str, ...]]
-    protocol: ClassVar[Protocol]
-    #: paper settings for this benchmark
-    max_words: ClassVar[int] = 32
-    max_frames: ClassVar[int] = 12
-    #: None when the data cannot be downloaded (LSMDC), with the reason in download_note
-    downloads: ClassVar[tuple[DownloadSource, ...] | None] = None
-    download_note: ClassVar[str] = ""
-
-    @abstractmethod
-    def annotation_files(self, split: str) -> list[str]:
-        """Paths (relative to the source dir) of the files ``load_split(split)`` reads."""
-
-    @abstractmethod
-    def load_split(self, source: Path, split: str) -> SplitAnnotations:
-        ...
-
-    def video_dirs(self) -> list[str]:
-        """Directories (relative to the source dir) searched for video files."""
-        return ["videos", "."]
-
-    def locate_video(self, source: Path, entry: VideoEntry) -> Path | None:
-        """The video file of ``entry`` under ``source``, or None when it is missing."""
-        from diffret_cli.data.locate import find_video_file
-
-        return find_video_file(source, self.video_dirs(), entry)
-
-    #: frames per second of what ``generate`` returns (generated datasets only)
-    generated_fps: ClassVar[float] = 1.0
-
-    def generate(self, entry: VideoEntry) -> "np.ndarray | None":
-        """Frames of a procedurally generated video ([T,H,W,3] uint8), or None for a
-        dataset read from files. Lets ``synthetic`` skip video files entirely."""
-        return None

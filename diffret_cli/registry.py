@@ -1,9 +1,11 @@
 """Plugin registry over Python entry points.
 
-Six entry-point groups, one per plugin kind::
+Seven entry-point groups, one per plugin kind::
 
-    diffret.datasets  diffret.encoders  diffret.denoisers
-    diffret.samplers  diffret.schedules diffret.recipes
+    diffret.datasets  diffret.encoders  diffret.denoisers  diffret.samplers
+    diffret.schedules diffret.recipes   diffret.families
+
+(``families``: model families such as DiffusionRet and DITS, each naming its stages.)
 
 Built-in plugins register through the same groups a third party uses (see
 ``pyproject.toml``). Names are read from distribution metadata without importing
@@ -27,9 +29,13 @@ from typing import Any
 
 from diffret_cli.errors import PluginError
 
-KINDS = ("datasets", "encoders", "denoisers", "samplers", "schedules", "recipes")
+KINDS = ("datasets", "encoders", "denoisers", "samplers", "schedules", "recipes", "families")
+#: one plugin of a kind, for messages ("no sampler plugin named ...")
+SINGULAR = {"datasets": "dataset", "encoders": "encoder", "denoisers": "denoiser", "samplers": "sampler",
+            "schedules": "schedule", "recipes": "recipe", "families": "family"}
 GROUP_PREFIX = "diffret."
 BUILTIN_DISTRIBUTION = "diffret"
+PLURAL = {v: k for k, v in SINGULAR.items()}
 AUTOLOAD_ENV = "DIFFRET_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "DIFFRET_BLOCK_PLUGINS"
 
@@ -66,7 +72,7 @@ class PluginEntry:
             self.error = f"{type(exc).__name__}: {exc}"
             self._traceback = traceback.format_exc()
             raise PluginError(
-                f"{self.kind[:-1]} plugin {self.name!r} from distribution "
+                f"{SINGULAR[self.kind]} plugin {self.name!r} from distribution "
                 f"{self.distribution} {self.version} failed to import ({self.target}): {self.error}",
                 hint=f"reinstall or fix {self.distribution}, or block it with "
                 f"{BLOCK_ENV}={self.kind}:{self.name}",
@@ -85,8 +91,8 @@ def _blocked() -> set[tuple[str, str]]:
         item = item.strip()
         if ":" in item:
             kind, name = item.split(":", 1)
-            kind = kind if kind.endswith("s") else kind + "s"
-            out.add((kind, name))
+            kind = PLURAL.get(kind.strip(), kind.strip())
+            out.add((kind, name.strip()))
     return out
 
 
@@ -129,7 +135,7 @@ class Registry:
         self.conflicts = []
         for (kind, name), group in clashes.items():
             owners = ", ".join(f"{e.distribution} {e.version} ({e.target})" for e in group)
-            self.conflicts.append(f"{kind[:-1]} {name!r} is registered by {owners}")
+            self.conflicts.append(f"{SINGULAR[kind]} {name!r} is registered by {owners}")
             entries[kind][name].error = "name clash: " + owners
         self._entries = entries
         return entries
@@ -142,7 +148,7 @@ class Registry:
         """Register an object directly (no distribution). Clashes are errors too."""
         self._check_kind(kind)
         if name in self._discover()[kind] or name in self._extra[kind]:
-            raise PluginError(f"{kind[:-1]} {name!r} is already registered",
+            raise PluginError(f"{SINGULAR[kind]} {name!r} is already registered",
                               hint="choose another name or unregister the first one")
         self._extra[kind][name] = obj
 
@@ -176,13 +182,13 @@ class Registry:
         if name not in entries:
             available = ", ".join(self.names(kind)) or "(none)"
             raise PluginError(
-                f"no {kind[:-1]} plugin named {name!r}; available: {available}",
+                f"no {SINGULAR[kind]} plugin named {name!r}; available: {available}",
                 hint="check the spelling, or install the package that provides it "
                 "(`diffret plugins list` shows what is installed)",
             )
         entry = entries[name]
         if entry.error and entry.error.startswith("name clash"):
-            raise PluginError(f"{kind[:-1]} {name!r}: {entry.error}",
+            raise PluginError(f"{SINGULAR[kind]} {name!r}: {entry.error}",
                               hint="uninstall one of the distributions, or block one with "
                               f"{BLOCK_ENV}={kind}:{name}")
         return entry.load()
@@ -192,7 +198,7 @@ class Registry:
         try:
             return cls(**kwargs)
         except TypeError as exc:
-            raise PluginError(f"{kind[:-1]} {name!r} rejected its arguments {sorted(kwargs)}: {exc}",
+            raise PluginError(f"{SINGULAR[kind]} {name!r} rejected its arguments {sorted(kwargs)}: {exc}",
                               hint="see `diffret plugins show` or the plugin's docs for its options") from exc
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
 from diffret_cli.errors import AnnotationError
-from diffret_cli.interfaces import DatasetPlugin
+from diffret_cli.data.plugin import DatasetPlugin
 
 DATA = Path(__file__).parent / "data" / "prepare"
 

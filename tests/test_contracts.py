@@ -1,8 +1,10 @@
 """One contract per plugin kind, run over every registered plugin of that kind.
 
-The plugin names are read from the registry at collection time, so a new plugin (built
-in or third party) is covered without touching this file. Each contract checks what
-``diffret_cli/interfaces.py`` promises: shapes and dtypes, device and dtype moves, the
+The plugins are read from the registry at collection time, and each is built with the
+arguments its class gives in ``example_args()`` (one test case per example; the default
+constructor when it gives none), so a new plugin, built in or third party, is covered
+without touching this file. Each contract checks what ``diffret_cli/interfaces.py`` and
+``diffret_cli/data/plugin.py`` promise: shapes and dtypes, device and dtype moves, the
 config round trip (``type(p)(**p.config())`` rebuilds an equivalent plugin), seeded
 determinism, and finite outputs.
 """
@@ -10,17 +12,26 @@ determinism, and finite outputs.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 import conftest_parity as fx
-from diffret_cli.data.types import SplitAnnotations
-from diffret_cli.errors import AnnotationError, DiffretError
-from diffret_cli.interfaces import DatasetPlugin, Denoiser, Encoder, NoiseSchedule, SampleResult, Sampler
+from diffret_cli.registry import Registry, registry
+from diffret_cli.sdk import (
+    AnnotationError,
+    DatasetPlugin,
+    Denoiser,
+    DiffretError,
+    Encoder,
+    NoiseSchedule,
+    SampleResult,
+    Sampler,
+    SplitAnnotations,
+)
 from diffret_cli.model.temporal import TemporalTransformer
-from diffret_cli.registry import registry
 
 B, K, T = 3, 5, 4  # queries, candidates, frames
 
@@ -31,34 +42,89 @@ def _one_thread():
         yield
 
 
-def names(kind: str) -> list[str]:
-    found = registry().names(kind)
+class BadExamples(Exception):
+    """A plugin whose class or ``example_args()`` cannot be read: its case fails, others run."""
+
+
+def example_args_of(cls) -> list[dict]:
+    """The plugin's own example arguments; ``[{}]`` (default constructor) when it has none."""
+    hook = getattr(cls, "example_args", None)
+    examples = hook() if callable(hook) else None
+    if examples is None:
+        return [{}]
+    if not (isinstance(examples, list) and examples and all(isinstance(a, dict) for a in examples)):
+        raise BadExamples(f"{getattr(cls, '__name__', cls)}.example_args() must return a non-empty list of "
+                          f"dicts (constructor arguments) or None, got {examples!r}")
+    return examples
+
+
+def cases(kind: str, reg: Registry | None = None, keep=None) -> list:
+    """``pytest.param(name, args)`` for each example of each registered plugin of ``kind``.
+
+    ``keep(cls)`` selects plugins by class. A plugin that fails to import, or whose
+    examples are malformed, becomes one case carrying the error, so that its failure is
+    reported by the test, not as a collection error.
+    """
+    reg = reg or registry()
+    out = []
+    for name in reg.names(kind):
+        try:
+            cls = reg.get(kind, name)
+            if keep is not None and not keep(cls):
+                continue
+            examples = example_args_of(cls)
+        except Exception as exc:  # noqa: BLE001 - reported by the test case
+            out.append(pytest.param(name, BadExamples(f"{type(exc).__name__}: {exc}"), id=name))
+            continue
+        if len(examples) == 1:
+            out.append(pytest.param(name, examples[0], id=name))
+        else:
+            out.extend(pytest.param(name, a, id=f"{name}-ex{i}") for i, a in enumerate(examples))
     # an empty kind must fail, not silently collect nothing
-    return found or [f"<no {kind} registered>"]
+    return out or [pytest.param(f"<no {kind} registered>", {}, id=f"<no {kind}>")]
+
+
+def build(kind: str, name: str, args):
+    """The plugin ``name`` of ``kind`` built with ``args`` (one of its examples)."""
+    if isinstance(args, BadExamples):
+        pytest.fail(f"{kind[:-1]} plugin {name!r}: {args}", pytrace=False)
+    return registry().create(kind, name, **args)
 
 
 def plugin_class(kind: str, name: str):
     return registry().get(kind, name)
 
 
+def test_cases_come_from_each_plugins_example_args():
+    """The hook itself: two examples give two cases with those arguments, none gives the
+    default constructor, a malformed one gives a failing case (on a private registry)."""
+    class Two(NoiseSchedule):
+        @classmethod
+        def example_args(cls):
+            return [{"num_steps": 3}, {"num_steps": 4}]
+
+    class NoHook(NoiseSchedule):
+        pass
+
+    class Broken(NoiseSchedule):
+        @classmethod
+        def example_args(cls):
+            return {"num_steps": 3}  # a dict, not a list of dicts
+
+    reg = Registry()
+    for name, cls in (("two", Two), ("nohook", NoHook), ("broken", Broken)):
+        reg.register("schedules", name, cls)
+    got = {p.id: p.values for p in cases("schedules", reg) if p.id.startswith(("two", "nohook", "broken"))}
+    assert got["two-ex0"] == ("two", {"num_steps": 3}) and got["two-ex1"] == ("two", {"num_steps": 4})
+    assert got["nohook"] == ("nohook", {})
+    assert isinstance(got["broken"][1], BadExamples) and "list of dicts" in str(got["broken"][1])
+    assert [p.id for p in cases("families", Registry())] == ["<no families>"]
+
+
 # ================================================================================ encoders
-def _tiny_open_clip() -> dict:
-    from diffret_plugins.encoders.open_clip_encoder import tiny_config
-
-    return {"model": "custom", "model_config": tiny_config(), "pretrained": None}
-
-
-#: constructor arguments of a small, offline instance of each encoder
-TINY_ENCODER_ARGS = {"open_clip": _tiny_open_clip}
-
-
-def make_encoder(name: str) -> Encoder:
-    if name not in TINY_ENCODER_ARGS:
-        pytest.fail(f"encoder plugin {name!r} has no small offline configuration in "
-                    f"TINY_ENCODER_ARGS; add one so the encoder contract covers it", pytrace=False)
+def make_encoder(name: str, args) -> Encoder:
     torch.manual_seed(0)
-    enc = registry().create("encoders", name, **TINY_ENCODER_ARGS[name]())
-    return enc.eval()
+    return build("encoders", name, args).eval()
 
 
 def encoder_inputs(enc: Encoder, dtype=torch.float32):
@@ -78,9 +144,9 @@ def run_encoder(enc: Encoder, dtype=torch.float32):
     return tokens, cls, feats
 
 
-@pytest.mark.parametrize("name", names("encoders"))
-def test_encoder_contract(name):
-    enc = make_encoder(name)
+@pytest.mark.parametrize("name, args", cases("encoders"))
+def test_encoder_contract(name, args):
+    enc = make_encoder(name, args)
     assert isinstance(enc, Encoder)
     d = enc.embed_dim
     assert isinstance(d, int) and d > 0 and isinstance(enc.image_size, int)
@@ -101,22 +167,22 @@ def test_encoder_contract(name):
     assert all(torch.equal(a, b) for a, b in zip((tokens, cls, feats), again)), "encoding must be deterministic"
 
 
-@pytest.mark.parametrize("name", names("encoders"))
-def test_encoder_config_round_trip_and_seeded_init(name):
-    enc = make_encoder(name)
+@pytest.mark.parametrize("name, args", cases("encoders"))
+def test_encoder_config_round_trip_and_seeded_init(name, args):
+    enc = make_encoder(name, args)
     clone = type(enc)(**enc.config())
     assert clone.config() == enc.config()
     json.dumps(enc.config())  # checkpoints store it as JSON
     clone.load_state_dict(enc.state_dict(), strict=True)
     for a, b in zip(run_encoder(enc), run_encoder(clone.eval())):
         assert torch.equal(a, b)
-    twin = make_encoder(name)  # same torch seed -> same initial weights
+    twin = make_encoder(name, args)  # same torch seed -> same initial weights
     assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), twin.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", names("encoders"))
-def test_encoder_dtype_and_device_moves(name):
-    enc = make_encoder(name)
+@pytest.mark.parametrize("name, args", cases("encoders"))
+def test_encoder_dtype_and_device_moves(name, args):
+    enc = make_encoder(name, args)
     ref = run_encoder(enc)
     assert enc.to("cpu") is enc
     enc64 = enc.to(torch.float64)
@@ -126,109 +192,143 @@ def test_encoder_dtype_and_device_moves(name):
         torch.testing.assert_close(a.float(), b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", names("encoders"))
-def test_encoder_feeds_the_temporal_transformer(name):
-    """text_layer_state / text_positional_embedding initialise a temporal transformer
-    (DiffusionRet's init trick), and parameter_groups covers every parameter once."""
-    enc = make_encoder(name)
-    groups = enc.parameter_groups()
-    ids = [id(p) for ps in groups.values() for p in ps]
-    assert sorted(ids) == sorted(id(p) for p in enc.parameters()), "every parameter in exactly one group"
+@pytest.mark.parametrize("name, args", cases("encoders"))
+def test_encoder_feeds_the_temporal_transformer(name, args):
+    """text_layer_state / text_attention_heads / text_positional_embedding initialise a
+    temporal transformer (DiffusionRet's init trick, section 3.2)."""
+    enc = make_encoder(name, args)
     state = enc.text_layer_state(0)
+    heads = enc.text_attention_heads()
     if state is None:  # an encoder without text layers opts out of the init trick
+        assert heads is None
         assert enc.text_positional_embedding() is None or enc.text_positional_embedding().dim() == 2
         return
-    tt = TemporalTransformer(width=enc.embed_dim, layers=1, heads=1, max_frames=8)
-    tt.init_from_text_layers([state], enc.text_positional_embedding())
+    assert isinstance(heads, int) and heads >= 1 and enc.embed_dim % heads == 0, heads
+    pos = enc.text_positional_embedding()
+    assert pos.dim() == 2 and pos.shape[1] == enc.embed_dim
+    tt = TemporalTransformer(width=enc.embed_dim, layers=1, heads=heads, max_frames=min(8, pos.shape[0]))
+    tt.init_from_text_layers([state], pos)
     for k, v in tt.resblocks[0].state_dict().items():
         assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.parametrize("name, args", cases("encoders"))
+def test_encoder_parameter_groups(name, args):
+    """What the optimiser uses: every parameter in exactly one group, frozen ones not
+    trainable, and the split unchanged when a trainer freezes the whole encoder."""
+    enc = make_encoder(name, args)
+    groups = enc.parameter_groups()
+    assert set(groups) == {"pretrained", "frozen"}, sorted(groups)
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert sorted(ids) == sorted(id(p) for p in enc.parameters()), "every parameter in exactly one group"
+    assert not any(p.requires_grad for p in groups["frozen"]), "frozen parameters must not require grad"
+    assert all(p.requires_grad for p in groups["pretrained"]), "trainable parameters must require grad"
+    before = {k: [id(p) for p in ps] for k, ps in groups.items()}
+    enc.requires_grad_(False)  # stage 2
+    assert {k: [id(p) for p in ps] for k, ps in enc.parameter_groups().items()} == before
+
+
 # =============================================================================== denoisers
-def make_denoiser(name: str, width: int = 32) -> Denoiser:
+def make_denoiser(name: str, args) -> Denoiser:
     torch.manual_seed(0)
-    den = registry().create("denoisers", name, width=width).eval()
-    with torch.no_grad():  # larger than the N(0, 0.02) init so every path matters
+    den = build("denoisers", name, args).eval()
+    # larger than the N(0, 0.02) init so every path matters, with a gain near 1 per
+    # layer at any width (std 0.2 at width 32)
+    std = 0.2 * math.sqrt(32 / den.width)
+    with torch.no_grad():
         for p in den.parameters():
-            p.normal_(0.0, 0.2)
+            p.normal_(0.0, std)
     return den
 
 
-def denoiser_inputs(direction: str, d: int = 32, dtype=torch.float32):
+def denoiser_inputs(den: Denoiser, dtype=torch.float32):
+    """(x_t, t, text, video, video_mask) for ``den``'s direction; x_t has the state shape
+    its ``prepare`` announces ([B,K] scores when it announces none)."""
+    d = den.width
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, K, generator=g)
     t = torch.tensor([0, 7, 49])
-    if direction == "t2v":
+    if den.direction == "t2v":
         text, video = torch.randn(B, d, generator=g), torch.randn(B, K, T, d, generator=g)
         lengths = torch.randint(1, T + 1, (B, K), generator=g)
-    elif direction == "v2t":
+    elif den.direction == "v2t":
         text, video = torch.randn(B, K, d, generator=g), torch.randn(B, T, d, generator=g)
         lengths = torch.randint(1, T + 1, (B,), generator=g)
     else:
-        pytest.fail(f"denoiser direction must be 't2v' or 'v2t', got {direction!r}", pytrace=False)
+        pytest.fail(f"denoiser direction must be 't2v' or 'v2t', got {den.direction!r}", pytrace=False)
     mask = (torch.arange(T) < lengths[..., None]).long()
+    with torch.no_grad():
+        shape = den.prepare(text, video, mask).state_shape or (B, K)
+    x = torch.randn(shape, generator=g)
     return x.to(dtype), t, text.to(dtype), video.to(dtype), mask
 
 
-@pytest.mark.parametrize("name", names("denoisers"))
-def test_denoiser_contract(name):
-    den = make_denoiser(name)
-    assert isinstance(den, Denoiser) and den.width == 32
-    x, t, text, video, mask = denoiser_inputs(den.direction)
+@pytest.mark.parametrize("name, args", cases("denoisers"))
+def test_denoiser_contract(name, args):
+    den = make_denoiser(name, args)
+    assert isinstance(den, Denoiser) and isinstance(den.width, int) and den.width > 0
+    x, t, text, video, mask = denoiser_inputs(den)
+    assert x.shape[0] == B, f"the state's first dimension is the query batch, got {tuple(x.shape)}"
     with torch.no_grad():
         out = den(x, t, text, video, mask)
         ctx = den.prepare(text, video, mask)
+        if ctx.anchor is not None:  # where a truncated sampler starts
+            assert ctx.anchor.shape == x.shape
         # the fast path: one prepare, any number of steps at any t
         for step_t in (t, t.flip(0), torch.full_like(t, 3)):
             torch.testing.assert_close(den.step(x, step_t, ctx), den(x, step_t, text, video, mask),
                                        rtol=1e-5, atol=1e-5)
         again = den(x, t, text, video, mask)
-    assert out.shape == (B, K) and out.dtype == torch.float32 and torch.isfinite(out).all()
+        # the re-ranking scores of the candidates from their stage-1 scores and the sample
+        fused = den.fuse(torch.randn(B, K, generator=torch.Generator().manual_seed(2)), out, ctx)
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.equal(out, again)
+    assert fused.shape == (B, K) and torch.isfinite(fused).all()
     # (a constant shift of x_t cancels in the softmax over candidates; a scaling does not)
     with torch.no_grad():
         assert den(3.0 * x, t, text, video, mask).sub(out).abs().max() > 1e-4, "output must depend on x_t"
 
 
-@pytest.mark.parametrize("name", names("denoisers"))
-def test_denoiser_config_round_trip_and_seeded_init(name):
-    den = make_denoiser(name)
+@pytest.mark.parametrize("name, args", cases("denoisers"))
+def test_denoiser_config_round_trip_and_seeded_init(name, args):
+    den = make_denoiser(name, args)
     clone = type(den)(**den.config())
     assert clone.config() == den.config()
     json.dumps(den.config())
     clone.load_state_dict(den.state_dict(), strict=True)
-    args = denoiser_inputs(den.direction)
+    inputs = denoiser_inputs(den)
     with torch.no_grad():
-        assert torch.equal(den(*args), clone.eval()(*args))
+        assert torch.equal(den(*inputs), clone.eval()(*inputs))
     torch.manual_seed(0)
-    a = registry().create("denoisers", name, width=32)
+    a = build("denoisers", name, args)
     torch.manual_seed(0)
-    b = registry().create("denoisers", name, width=32)
+    b = build("denoisers", name, args)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", names("denoisers"))
-def test_denoiser_dtype_and_device_moves(name):
-    den = make_denoiser(name)
-    args = denoiser_inputs(den.direction)
+@pytest.mark.parametrize("name, args", cases("denoisers"))
+def test_denoiser_dtype_and_device_moves(name, args):
+    den = make_denoiser(name, args)
+    inputs = denoiser_inputs(den)
     with torch.no_grad():
-        ref = den(*args)
+        ref = den(*inputs)
         assert den.to("cpu") is den
-        x, t, text, video, mask = denoiser_inputs(den.direction, dtype=torch.float64)
+        x, t, text, video, mask = denoiser_inputs(den, dtype=torch.float64)
         out = den.to(torch.float64)(x, t, text, video, mask)
         assert out.dtype == torch.float64
         torch.testing.assert_close(out.float(), ref, rtol=1e-4, atol=1e-4)
         # no tensor is created on a fixed device: everything follows the module
-        meta = den.to("meta")(*(a.to("meta") for a in denoiser_inputs(den.direction)))
-    assert meta.device.type == "meta" and meta.shape == (B, K)
+        meta = den.to("meta")(*(a.to("meta") for a in inputs))
+    assert meta.device.type == "meta" and meta.shape == ref.shape
 
 
-@pytest.mark.parametrize("name", names("denoisers"))
-def test_denoiser_trains(name):
-    """Stage 2 trains the denoiser alone: every parameter gets a finite gradient."""
-    den = make_denoiser(name).train()
-    out = den(*denoiser_inputs(den.direction))
-    torch.nn.functional.cross_entropy(100 * out, torch.zeros(B, dtype=torch.long)).backward()
+@pytest.mark.parametrize("name, args", cases("denoisers"))
+def test_denoiser_trains(name, args):
+    """Training reaches every parameter: each gets a finite gradient through the output
+    (a fixed random linear read-out of it, so the check needs no family's loss)."""
+    den = make_denoiser(name, args).train()
+    out = den(*denoiser_inputs(den))
+    readout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * readout).sum().backward()
     for n, p in den.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"no finite gradient for {n}"
 
@@ -249,9 +349,9 @@ def draw(sampler: Sampler, seed: int, *, anchor=None, dtype=torch.float32, recor
     return x, sampler.sample(toy_model(sampler, calls), x, generator=g, record=record)
 
 
-@pytest.mark.parametrize("name", names("samplers"))
-def test_sampler_contract(name):
-    s = registry().create("samplers", name)
+@pytest.mark.parametrize("name, args", cases("samplers"))
+def test_sampler_contract(name, args):
+    s = build("samplers", name, args)
     assert isinstance(s, Sampler) and s.prediction in ("x0", "eps")
     steps = s.timesteps()
     assert steps and all(isinstance(i, int) for i in steps)
@@ -276,9 +376,9 @@ def test_sampler_contract(name):
     assert torch.equal(rec.sample, res.sample), "recording must not change the sample"
 
 
-@pytest.mark.parametrize("name", names("samplers"))
-def test_sampler_seeded_determinism_and_dtype(name):
-    s = registry().create("samplers", name)
+@pytest.mark.parametrize("name, args", cases("samplers"))
+def test_sampler_seeded_determinism_and_dtype(name, args):
+    s = build("samplers", name, args)
     anchor = torch.randn(B, K, generator=torch.Generator().manual_seed(9))
     _, a = draw(s, 0, anchor=anchor)
     _, b = draw(s, 0, anchor=anchor)
@@ -291,9 +391,9 @@ def test_sampler_seeded_determinism_and_dtype(name):
     torch.testing.assert_close(d64.sample.float(), a.sample, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", names("samplers"))
-def test_sampler_config_round_trip(name):
-    s = registry().create("samplers", name)
+@pytest.mark.parametrize("name, args", cases("samplers"))
+def test_sampler_config_round_trip(name, args):
+    s = build("samplers", name, args)
     clone = type(s)(**s.config())
     assert clone.config() == s.config()
     json.dumps(s.config())
@@ -303,13 +403,15 @@ def test_sampler_config_round_trip(name):
 
 
 # =============================================================================== schedules
-@pytest.mark.parametrize("name", names("schedules"))
+@pytest.mark.parametrize("name, args", cases("schedules"))
 @pytest.mark.parametrize("steps", [8, 50, 1000])
-def test_schedule_contract(name, steps):
+def test_schedule_contract(name, args, steps):
     """Valid betas for every step count the schedule accepts; a step count it cannot
     serve must be refused when it is built (ValueError), never returned as betas >= 1."""
+    if isinstance(args, BadExamples):
+        build("schedules", name, args)
     try:
-        sch = registry().create("schedules", name, num_steps=steps)
+        sch = registry().create("schedules", name, **{**args, "num_steps": steps})
     except (ValueError, DiffretError) as exc:
         assert str(steps) in str(exc), f"the refusal must name the step count: {exc}"
         return
@@ -332,16 +434,16 @@ def is_generative(cls) -> bool:
     return cls.generate is not DatasetPlugin.generate
 
 
-@pytest.mark.parametrize("name", names("datasets"))
-def test_dataset_contract(name):
-    cls = plugin_class("datasets", name)
+@pytest.mark.parametrize("name, args", cases("datasets"))
+def test_dataset_contract(name, args):
+    p = build("datasets", name, args)
+    cls = type(p)
     assert issubclass(cls, DatasetPlugin)
     assert cls.name == name, f"class attribute name {cls.name!r} != registered name {name!r}"
     assert cls.splits and all(isinstance(s, str) for s in cls.splits)
     assert cls.protocol in ("single", "multi", "paragraph")
     assert isinstance(cls.max_words, int) and cls.max_words > 2
     assert isinstance(cls.max_frames, int) and cls.max_frames > 0
-    p = cls()
     clone = type(p)(**p.config())
     assert clone.config() == p.config()
     json.dumps(p.config())
@@ -350,23 +452,20 @@ def test_dataset_contract(name):
         assert isinstance(files, list) and all(isinstance(f, str) for f in files)
 
 
-@pytest.mark.parametrize("name", [n for n in names("datasets")
-                                  if n.startswith("<") or not is_generative(plugin_class("datasets", n))])
-def test_file_dataset_missing_source(name, tmp_path):
-    cls = plugin_class("datasets", name)
+@pytest.mark.parametrize("name, args", cases("datasets", keep=lambda cls: not is_generative(cls)))
+def test_file_dataset_missing_source(name, args, tmp_path):
+    p = build("datasets", name, args)
     missing = tmp_path / "not-downloaded"
-    for split in cls.splits:
+    for split in p.splits:
         with pytest.raises(AnnotationError) as err:
-            cls().load_split(missing, split)
+            p.load_split(missing, split)
         assert "not-downloaded" in str(err.value), f"{name}/{split}: the error must name the path"
         assert err.value.hint, f"{name}/{split}: the error must say how to fix it"
 
 
-@pytest.mark.parametrize("name", [n for n in names("datasets")
-                                  if not n.startswith("<") and is_generative(plugin_class("datasets", n))]
-                         or ["<no generated dataset registered>"])
-def test_generated_dataset_needs_no_files(name):
-    p = plugin_class("datasets", name)()
+@pytest.mark.parametrize("name, args", cases("datasets", keep=is_generative))
+def test_generated_dataset_needs_no_files(name, args):
+    p = build("datasets", name, args)
     ann = p.load_split(None, "test")
     assert isinstance(ann, SplitAnnotations)
     assert (ann.dataset, ann.split, ann.protocol) == (name, "test", p.protocol)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from diffret_cli.errors import AnnotationError
-from diffret_plugins.datasets._common import clean_caption, read_id_list
+from diffret_cli.data.readers import clean_caption, read_id_list
 from diffret_plugins.datasets.activitynet import ActivityNet
 from diffret_plugins.datasets.didemo import DiDeMo
 from diffret_plugins.datasets.lsmdc import LSMDC

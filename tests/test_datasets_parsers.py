@@ -16,7 +16,7 @@ import pytest
 
 from diffret_cli.data.types import SplitAnnotations
 from diffret_cli.errors import ConfigError
-from diffret_cli.interfaces import DatasetPlugin
+from diffret_cli.data.plugin import DatasetPlugin
 from diffret_cli.registry import registry
 from diffret_plugins.datasets.activitynet import ActivityNet
 from diffret_plugins.datasets.didemo import DiDeMo

@@ -22,7 +22,7 @@ from diffret_cli.data.download import (DownloadError, DownloadInterrupted, Sourc
                                        extract_archive, fetch_sources)
 from diffret_cli.data.types import SplitAnnotations, VideoEntry
 from diffret_cli.errors import OfflineError
-from diffret_cli.interfaces import DatasetPlugin, DownloadSource
+from diffret_cli.data.plugin import DatasetPlugin, DownloadSource
 
 
 def _zip_bytes(files: dict[str, bytes]) -> bytes:

@@ -144,7 +144,7 @@ def test_directories_are_listed_once_for_many_lookups(tmp_path, monkeypatch):
 
 
 def test_plugin_default_locate_uses_it(tmp_path):
-    from diffret_cli.interfaces import DatasetPlugin
+    from diffret_cli.data.plugin import DatasetPlugin
 
     class Layout:  # stands in for a plugin: locate_video only calls video_dirs()
         def video_dirs(self) -> list[str]:

@@ -20,7 +20,10 @@ def plugins() -> None:
 @click.option("--load/--no-load", default=False,
               help="Import every plugin to report import errors (default: names only).")
 def list_cmd(kind: str | None, load: bool) -> None:
-    """Print a table: kind, name, distribution, version, status."""
+    """Print a table: kind, name, distribution, version, status.
+
+    Kinds (entry-point groups diffret.<kind>): datasets, encoders, denoisers, samplers,
+    schedules, recipes, families."""
     reg = registry()
     entries = reg.entries(kind)
     if load:
@@ -37,5 +40,9 @@ def list_cmd(kind: str | None, load: bool) -> None:
         table.add_row(e.kind, e.name, e.distribution, e.version, status)
     console = Console()
     console.print(table)
+    # every group is shown, even one nothing registers under yet (a kind is not a typo)
+    empty = [k for k in ([kind] if kind else KINDS) if not any(e.kind == k for e in entries)]
+    if empty:
+        console.print("no plugins registered under: " + ", ".join(f"diffret.{k}" for k in empty))
     for c in reg.conflicts:
         console.print(f"[red]conflict[/red]: {c}")

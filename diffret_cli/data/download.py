@@ -35,7 +35,7 @@ from diffret_cli.errors import DiffretError, OfflineError
 from diffret_cli.fileio import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from diffret_cli.interfaces import DatasetPlugin
+    from diffret_cli.data.plugin import DatasetPlugin
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 20.0

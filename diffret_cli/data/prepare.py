@@ -39,7 +39,7 @@ from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, 
 from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
 from diffret_cli.errors import ConfigError, DiffretError
 from diffret_cli.fileio import atomic_write_text, is_temp_name
-from diffret_cli.interfaces import DatasetPlugin
+from diffret_cli.data.plugin import DatasetPlugin
 
 
 # ------------------------------------------------------------------------------ report

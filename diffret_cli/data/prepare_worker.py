@@ -24,7 +24,7 @@ import numpy as np
 from diffret_cli.data.framecache import FrameCache, CachedItem
 from diffret_cli.data.types import VideoEntry
 from diffret_cli.errors import DecodeError, DiffretError
-from diffret_cli.interfaces import DatasetPlugin
+from diffret_cli.data.plugin import DatasetPlugin
 
 #: bump when the meaning of cached frames changes, so old caches are rebuilt
 CACHE_VERSION = 1

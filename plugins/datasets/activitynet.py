@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from diffret_cli.data.types import ItemProblem, Protocol, VideoEntry
-from diffret_cli.interfaces import DownloadSource
-from diffret_plugins.datasets._common import (
-    AnnotatedDataset, Caption, build_entries, load_json, load_json_id_list, require_keys,
+from diffret_cli.sdk import (
+    AnnotatedDataset, Caption, DownloadSource, build_entries, load_json, load_json_id_list, require_keys,
     require_list, require_str,
 )
 

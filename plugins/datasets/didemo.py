@@ -23,9 +23,8 @@ from typing import Any, ClassVar
 
 from diffret_cli.data.types import ItemProblem, Protocol, VideoEntry
 from diffret_cli.errors import AnnotationError
-from diffret_cli.interfaces import DownloadSource
-from diffret_plugins.datasets._common import (
-    AnnotatedDataset, Caption, build_entries, load_json, read_id_list, require_keys, require_str,
+from diffret_cli.sdk import (
+    AnnotatedDataset, Caption, DownloadSource, build_entries, load_json, read_id_list, require_keys, require_str,
 )
 
 DATA_URL = "https://raw.githubusercontent.com/LisaAnne/LocalizingMoments/master/data/{split}_data.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from diffret_cli.data.types import ItemProblem, Protocol, VideoEntry
-from diffret_plugins.datasets._common import AnnotatedDataset, build_entries, group_rows, read_tsv
+from diffret_cli.sdk import AnnotatedDataset, build_entries, group_rows, read_tsv
 
 FILES = {
     "train": "LSMDC16_annos_training.csv",

@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 from diffret_cli.data.types import ItemProblem, Protocol, VideoEntry
 from diffret_cli.errors import ConfigError
-from diffret_cli.interfaces import DownloadSource
-from diffret_plugins.datasets._common import (
-    AnnotatedDataset, Caption, build_entries, group_rows, load_json, read_csv, require_keys,
+from diffret_cli.sdk import (
+    AnnotatedDataset, Caption, DownloadSource, build_entries, group_rows, load_json, read_csv, require_keys,
     require_list, require_str,
 )
 

@@ -15,9 +15,8 @@ from typing import Any, ClassVar
 from diffret_cli.data.safe_pickle import safe_load
 from diffret_cli.data.types import ItemProblem, Protocol, VideoEntry
 from diffret_cli.errors import AnnotationError, ConfigError
-from diffret_cli.interfaces import DownloadSource
-from diffret_plugins.datasets._common import (
-    AnnotatedDataset, Caption, build_entries, decode_text, load_json, read_id_list,
+from diffret_cli.sdk import (
+    AnnotatedDataset, Caption, DownloadSource, build_entries, decode_text, load_json, read_id_list,
     require_list, require_str,
 )
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from diffret_cli.data.types import Protocol, SplitAnnotations, VideoEntry
 from diffret_cli.errors import AnnotationError, ConfigError
-from diffret_cli.interfaces import DatasetPlugin, DownloadSource
+from diffret_cli.sdk import DatasetPlugin, DownloadSource
 
 from diffret_plugins.datasets import render
 

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffret_cli.errors import CheckpointError, OfflineError, PluginError
-from diffret_cli.interfaces import Encoder
+from diffret_cli.sdk import CheckpointError, Encoder, OfflineError, PluginError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -171,6 +170,13 @@ class OpenClipEncoder(Encoder):
                 f"unexpected {sorted(unexpected)[:8]}{'...' if len(unexpected) > 8 else ''}",
                 hint="check that model= names the architecture the weights were trained with")
 
+    @classmethod
+    def example_args(cls) -> list[dict[str, Any]]:
+        # a from-scratch model a few hundred kB large: no download, well under a second
+        small = tiny_config(embed_dim=32, width=32, heads=2, layers=2, vision_width=32, vision_layers=1,
+                            image_size=32, vocab_size=512, context_length=32)
+        return [{"model": "custom", "model_config": small, "pretrained": None}]
+
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "model_config": copy.deepcopy(self.model_config),
                 "pretrained": self.pretrained, "weights": self.weights, "tokenizer": self.tokenizer_name,
@@ -197,8 +203,7 @@ class OpenClipEncoder(Encoder):
         causal = torch.full((length, length), float("-inf"), device=mask.device).triu_(1)
         m = causal.expand(n, length, length).clone()
         m = m.masked_fill((mask == 0)[:, None, :], float("-inf"))
-        heads = self.clip.transformer.resblocks[0].attn.num_heads
-        return m.repeat_interleave(heads, dim=0).to(dtype)
+        return m.repeat_interleave(self.text_attention_heads(), dim=0).to(dtype)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.clip
@@ -228,13 +233,19 @@ class OpenClipEncoder(Encoder):
         return {k: v for k, v in blocks[index].state_dict().items()
                 if not k.startswith(("ls_", "ln_attn"))}
 
+    def text_attention_heads(self) -> int:
+        return int(self.clip.transformer.resblocks[0].attn.num_heads)
+
     def text_positional_embedding(self) -> torch.Tensor | None:
         return self.clip.positional_embedding.detach()
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        frozen = [p for p in self.parameters() if not p.requires_grad]
-        return {"pretrained": params, "frozen": frozen}
+        """The patch conv is frozen when ``freeze_patch_embed`` (official); every other CLIP
+        parameter, logit scale included, trains at the encoder's learning rate. Decided by
+        the configuration, not by ``requires_grad``, which a trainer toggles (stage 2)."""
+        frozen = [self.clip.visual.conv1.weight] if self.freeze_patch_embed else []
+        ids = {id(p) for p in frozen}
+        return {"pretrained": [p for p in self.parameters() if id(p) not in ids], "frozen": frozen}
 
 
 def tiny_config(*, embed_dim: int = 64, width: int = 64, layers: int = 2, heads: int = 2,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffret_cli.diffusion import extract
-from diffret_plugins.samplers.base import FullSampler
+from diffret_cli.sdk import FullSampler, extract
 
 
 class DDIMSampler(FullSampler):
@@ -28,7 +27,15 @@ class DDIMSampler(FullSampler):
     def config(self) -> dict:
         return {**self.base_config(), "eta": self.eta}
 
-    def update(self, x, x0, t, *, last, generator):
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # the official setting, a respaced stochastic chain on the linear schedule, and
+        # an eps-model without clamping
+        return [{"num_steps": 50},
+                {"schedule": "linear", "num_steps": 100, "sample_steps": 10, "eta": 1.0},
+                {"num_steps": 20, "prediction": "eps", "clip_denoised": False}]
+
+    def update(self, x, x0, t, *, last, generator, state):
         c = self.coef
         eps = c.predict_eps_from_x0(x, t, x0)
         ab = extract(c.alphas_cumprod, t, x.dim())

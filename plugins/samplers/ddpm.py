@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffret_cli.diffusion import extract
-from diffret_plugins.samplers.base import FullSampler
+from diffret_cli.sdk import FullSampler, extract
 
 
 class DDPMSampler(FullSampler):
@@ -15,7 +14,13 @@ class DDPMSampler(FullSampler):
     def config(self) -> dict:
         return self.base_config()
 
-    def update(self, x, x0, t, *, last, generator):
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # the full chain, and a respaced one on the linear schedule with an eps-model
+        return [{"num_steps": 50},
+                {"schedule": "linear", "num_steps": 100, "sample_steps": 10, "prediction": "eps"}]
+
+    def update(self, x, x0, t, *, last, generator, state):
         mean = self.coef.q_posterior_mean(x0, x, t)
         if last:
             return mean

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from diffret_cli.interfaces import NoiseSchedule
+from diffret_cli.sdk import NoiseSchedule
 
 
 def betas_for_alpha_bar(num_steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
@@ -39,6 +39,11 @@ class CosineSchedule(NoiseSchedule):
     def config(self) -> dict:
         return {"num_steps": self.num_steps, "beta_scale": self.beta_scale,
                 "offset": self.offset, "max_beta": self.max_beta}
+
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # the paper's schedule, and a lower cap that binds at the last steps
+        return [{}, {"max_beta": 0.5}]
 
     def betas(self) -> np.ndarray:
         s = self.offset

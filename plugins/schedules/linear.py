@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffret_cli.interfaces import NoiseSchedule
+from diffret_cli.sdk import NoiseSchedule
 
 
 class LinearSchedule(NoiseSchedule):
@@ -31,6 +31,11 @@ class LinearSchedule(NoiseSchedule):
     def config(self) -> dict:
         return {"num_steps": self.num_steps, "beta_scale": self.beta_scale,
                 "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # the official scale, and half the total noise
+        return [{}, {"beta_scale": 0.5}]
 
     def betas(self) -> np.ndarray:
         scale = self.beta_scale * 1000 / self.num_steps

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from diffret_cli.interfaces import SampleResult
-from diffret_plugins.samplers.base import FullSampler
+from diffret_cli.sdk import FullSampler
 
 
 class DPMSolver2MSampler(FullSampler):
@@ -32,12 +29,16 @@ class DPMSolver2MSampler(FullSampler):
     def config(self) -> dict:
         return self.base_config()
 
-    @torch.no_grad()
-    def sample(self, model_fn, x_start, *, generator=None, record=False) -> SampleResult:
-        self._x0_prev, self._h_prev = None, None  # multistep state lives for one chain
-        return super().sample(model_fn, x_start, generator=generator, record=record)
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # what diffret's contract tests build this sampler with: on this package's own
+        # schedule, respaced, and on a built-in one as an eps-model
+        return [{"schedule": "sqrt", "num_steps": 50, "sample_steps": 10},
+                {"schedule": "cosine", "num_steps": 20, "prediction": "eps", "clip_denoised": False}]
 
-    def update(self, x, x0, t, *, last, generator):
+    def update(self, x, x0, t, *, last, generator, state):
+        # ``state`` is this chain's own dict (fresh for every ``sample`` call): the
+        # multistep memory (previous x0 and step size) lives there, not on ``self``
         i = int(t[0])
         ab_s = float(self.coef.alphas_cumprod[i])
         ab_t = float(self.coef.alphas_cumprod_prev[i])
@@ -46,10 +47,10 @@ class DPMSolver2MSampler(FullSampler):
         lam_s = 0.5 * math.log(ab_s / (1.0 - ab_s))
         lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
         h = lam_t - lam_s
-        if self._x0_prev is None:
+        if "x0_prev" not in state:
             d = x0
         else:
-            r = self._h_prev / h
-            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * self._x0_prev
-        self._x0_prev, self._h_prev = x0, h
+            r = state["h_prev"] / h
+            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * state["x0_prev"]
+        state["x0_prev"], state["h_prev"] = x0, h
         return math.sqrt((1.0 - ab_t) / (1.0 - ab_s)) * x - math.sqrt(ab_t) * math.expm1(-h) * d

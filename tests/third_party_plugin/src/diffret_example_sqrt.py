@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from diffret_cli.interfaces import NoiseSchedule
+from diffret_cli.sdk import NoiseSchedule
 
 
 class SqrtSchedule(NoiseSchedule):
@@ -30,6 +30,11 @@ class SqrtSchedule(NoiseSchedule):
     def config(self) -> dict:
         return {"num_steps": self.num_steps, "beta_scale": self.beta_scale, "offset": self.offset,
                 "max_beta": self.max_beta}
+
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # Diffusion-LM's setting, and a lower cap (it binds at the noisiest steps)
+        return [{}, {"max_beta": 0.9}]
 
     def alpha_bar(self, u: float) -> float:
         """alpha_bar at continuous time u in [0, 1]."""
