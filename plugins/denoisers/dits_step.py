@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffret_cli.interfaces import Denoiser, DenoiserContext
+from diffret_cli.sdk import Denoiser, DenoiserContext
 from diffret_plugins.denoisers.query_candidate import TimestepEmbedder
 
 CONDITIONS = ("none", "text")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffret_cli.interfaces import SampleResult, Sampler
+from diffret_cli.sdk import SampleResult, Sampler
 
 TRUNCATIONS = ("linspace", "prefix")
 
