@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("diffret_cli.cli.cmd_eval", "eval_cmd", "Evaluate a run or checkpoint."),
     "recipes": ("diffret_cli.cli.cmd_recipes", "recipes", "List, show and validate recipes."),
     "convert": ("diffret_cli.cli.cmd_convert", "convert", "Convert an official DiffusionRet best.pth."),
+    "viz": ("diffret_cli.cli.cmd_viz", "viz", "Draw the paper's figures for a run (PNG files)."),
+    "report": ("diffret_cli.cli.cmd_report", "report", "Write a self-contained HTML report of a run."),
 }
 
 
