@@ -147,3 +147,33 @@ def test_an_official_vit_b32_checkpoint_is_recognised_by_its_shapes():
     cfg = infer_config(sd)
     assert cfg["encoder"]["args"] == {"model": "ViT-B-32-quickgelu", "pretrained": None}
     assert cfg["temporal"]["layers"] == 4
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_text_attention_heads_are_the_text_layers_heads(heads):
+    """What DiffusionRet's temporal transformer needs to take a text layer's weights
+    (section 3.2), read from the encoder interface instead of open_clip's internals."""
+    enc = OpenClipEncoder(model="custom", model_config=tiny_config(heads=heads), pretrained=None)
+    assert enc.text_attention_heads() == heads
+    assert all(b.attn.num_heads == heads for b in enc.clip.transformer.resblocks)
+    # the per-sample text mask is built for that many heads (a wrong count fails here)
+    tokens, cls = enc.encode_text(*enc.tokenize(["a b c", "d"], 8))
+    assert tokens.shape == (2, 8, 64) and cls.shape == (2, 64)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_parameter_groups_follow_the_config_not_requires_grad(freeze):
+    """The optimiser's groups: only the patch conv is frozen (official), and only when
+    freeze_patch_embed; toggling requires_grad on the whole encoder (stage 2 freezes it,
+    a resumed stage 1 unfreezes it) changes nothing."""
+    enc = OpenClipEncoder(model="custom", model_config=tiny_config(), pretrained=None, freeze_patch_embed=freeze)
+    conv = enc.clip.visual.conv1.weight
+    expected_frozen = [id(conv)] if freeze else []
+    for toggle in (None, False, True):
+        if toggle is not None:
+            enc.requires_grad_(toggle)
+        groups = enc.parameter_groups()
+        assert [id(p) for p in groups["frozen"]] == expected_frozen
+        trained = {id(p) for p in groups["pretrained"]}
+        assert id(enc.clip.logit_scale) in trained and id(enc.clip.token_embedding.weight) in trained
+        assert len(trained) + len(expected_frozen) == len(list(enc.parameters()))

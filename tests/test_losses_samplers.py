@@ -97,3 +97,32 @@ def test_eps_prediction_recovers_x0_from_the_true_noise():
     t = torch.tensor([5])  # mid-chain: at the last step float32 cancellation dominates
     x_t = coef.q_sample(x0, t, eps)
     torch.testing.assert_close(coef.predict_x0_from_eps(x_t, t, eps), x0, rtol=0, atol=1e-6)
+
+
+def test_each_chain_gets_its_own_state_dict():
+    """FullSampler's state channel: one fresh dict per ``sample`` call, the same dict at
+    every step of that chain, and the sample itself unchanged by the channel."""
+    from diffret_cli.sdk import FullSampler
+    from diffret_plugins.samplers.ddim import DDIMSampler
+
+    class Recording(DDIMSampler):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.log: list[tuple[int, int]] = []  # (id of the state dict, step count in it)
+
+        def update(self, x, x0, t, *, last, generator, state):
+            state["steps"] = state.get("steps", 0) + 1
+            self.log.append((id(state), state["steps"]))
+            return super().update(x, x0, t, last=last, generator=generator, state=state)
+
+    assert issubclass(Recording, FullSampler)
+    s = Recording(num_steps=20, sample_steps=5)
+    model = lambda x, t: torch.tanh(x)  # noqa: E731
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    a = s.sample(model, x).sample
+    b = s.sample(model, x).sample
+    first, second = s.log[:5], s.log[5:]
+    assert [n for _, n in first] == [1, 2, 3, 4, 5] and [n for _, n in second] == [1, 2, 3, 4, 5]
+    assert len({i for i, _ in first}) == 1 and len({i for i, _ in second}) == 1
+    assert torch.equal(a, b)
+    assert torch.equal(a, create("samplers", "ddim", num_steps=20, sample_steps=5).sample(model, x).sample)

@@ -228,3 +228,32 @@ def test_cli_lists_builtins_with_distribution_and_version(cli_registry):
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if " ddim " in line or " ddpm " in line]
     assert len(rows) == 2 and all("diffret" in r and __version__ in r and "available" in r for r in rows)
+
+
+# --------------------------------------------------------------------------- families
+def test_families_is_a_plugin_kind(site, monkeypatch, cli_registry):
+    """Model families register under diffret.families like any other kind; messages use
+    the singular "family", and the blocking switch accepts it."""
+    make_dist(site, "fake-family", "0.3", {"diffret.families": {"toy": "fake_family_mod:Toy"}},
+              {"fake_family_mod": "class Toy:\n    stages = ('one',)\n"})
+    reg = Registry()
+    assert "toy" in reg.names("families")
+    assert reg.get("families", "toy").stages == ("one",)
+    with pytest.raises(PluginError, match="no family plugin named 'toi'; available: .*toy"):
+        reg.get("families", "toi")
+    res = CliRunner().invoke(cli, ["plugins", "list", "--kind", "families", "--load"])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if " toy " in line)
+    assert "families" in row and "fake-family" in row and "0.3" in row and "loaded" in row
+    monkeypatch.setenv(BLOCK_ENV, "family:toy")
+    assert "toy" not in Registry().names("families")
+
+
+def test_plugins_list_names_the_groups_nothing_registers_under(cli_registry, monkeypatch):
+    monkeypatch.setattr(Registry, "entries", lambda self, kind=None: [])
+    res = CliRunner().invoke(cli, ["plugins", "list"])
+    assert res.exit_code == 0, res.output
+    assert ("no plugins registered under: diffret.datasets, diffret.encoders, diffret.denoisers, "
+            "diffret.samplers, diffret.schedules, diffret.recipes, diffret.families") in res.output
+    res = CliRunner().invoke(cli, ["plugins", "list", "--kind", "families"])
+    assert res.exit_code == 0 and "no plugins registered under: diffret.families\n" in res.output

@@ -2,9 +2,11 @@
 
 ``tests/third_party_plugin`` is a real installable package (``diffret-example-plugin``)
 that registers ``dpm-2m`` (DPM-Solver++(2M)) under ``diffret.samplers`` and ``sqrt``
-(Diffusion-LM's schedule) under ``diffret.schedules``. The test pip-installs it into
-this interpreter's environment, sees it in ``diffret plugins list`` with its
-distribution and version, samples with it through the registry, and uninstalls it.
+(Diffusion-LM's schedule) under ``diffret.schedules``, importing nothing from diffret
+but :mod:`diffret_cli.sdk`. The test pip-installs it into this interpreter's
+environment, sees it in ``diffret plugins list`` with its distribution and version,
+runs diffret's own contract tests on it with the example arguments it ships, samples
+with it through the registry, and uninstalls it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,23 @@ def test_listed_by_diffret_plugins_list(installed):
     assert "diffret " in rows["ddim"], "built-ins are still there, from diffret"
 
 
+@pytest.mark.slow  # a second pytest process: about 5 s alone, more on a busy machine
+def test_contract_tests_cover_the_plugin_with_its_example_args(installed):
+    """``tests/test_contracts.py`` knows nothing of this package: it finds the plugins in
+    the registry and builds one case per example the package ships (``example_args``:
+    two each), and they pass."""
+    contracts = Path(__file__).parent / "test_contracts.py"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(contracts),
+                          "-k", "dpm-2m or sqrt"], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    passed = {line.split("::", 1)[1] for line in res.stdout.splitlines() if line.startswith("PASSED ")}
+    expected = {f"{test}[dpm-2m-ex{i}]" for i in (0, 1) for test in (
+        "test_sampler_contract", "test_sampler_seeded_determinism_and_dtype", "test_sampler_config_round_trip")}
+    expected |= {f"test_schedule_contract[{steps}-sqrt-ex{i}]" for i in (0, 1) for steps in (8, 50, 1000)}
+    assert passed == expected, res.stdout[-4000:]
+
+
 def test_sampling_with_the_plugin(installed, fresh_registry):
     """Used like a built-in: created by name, and better than DDIM as a 2nd-order solver.
 
@@ -91,7 +110,12 @@ def test_sampling_with_the_plugin(installed, fresh_registry):
 
         g = torch.Generator().manual_seed(0)
         x_t = sampler.start(shape=(4, 8), generator=g)
+        attrs = dict(vars(sampler))
         out = sampler.sample(model, x_t, generator=g, record=True)
+        # the multistep memory lived in the chain's state dict: the sampler is unchanged,
+        # and a second chain from the same start gives the same sample
+        assert vars(sampler).keys() == attrs.keys() and all(vars(sampler)[k] is v for k, v in attrs.items())
+        assert torch.equal(sampler.sample(model, x_t, generator=g).sample, out.sample)
         assert len(out.trajectory) == 10 and sampler.timesteps()[0] == 49
         ab_T, ab_0 = float(c.alphas_cumprod[-1]), float(c.alphas_cumprod[0])
         std_T, std_0 = math.sqrt(ab_T * s0 ** 2 + 1 - ab_T), math.sqrt(ab_0 * s0 ** 2 + 1 - ab_0)
