@@ -8,6 +8,7 @@ name is the object of the module that defines it (no copies, no wrappers).
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 
@@ -62,20 +63,17 @@ def test_sdk_exports_one_base_per_plugin_kind_and_the_errors():
         assert issubclass(err, sdk.DiffretError)
 
 
-def test_importing_the_sdk_imports_no_plugin_and_no_cli():
-    code = ("import sys, diffret_cli.sdk; "
-            "print(sorted(m for m in sys.modules if m.startswith(('diffret_plugins', 'diffret_cli.cli', "
-            "'click', 'open_clip'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
-
-
-def test_the_data_layer_imports_nothing_above_it():
-    """data -> model/plugins -> training/eval -> API -> CLI: the dataset plugin interface
-    and the readers load without the model-layer interfaces (or torch)."""
-    code = ("import sys, diffret_cli.data.plugin, diffret_cli.data.readers; "
-            "print(sorted(m for m in ('diffret_cli.interfaces', 'diffret_cli.sdk', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+def test_layers_import_nothing_above_them():
+    """data -> model/plugins -> training/eval -> API -> CLI, in a fresh interpreter: the
+    dataset plugin interface and readers load without the model layer (or torch), and the
+    SDK loads no plugin, no CLI and no open_clip."""
+    probe = ("import json, sys\n"
+             "def loaded(*prefixes): return sorted(m for m in sys.modules if m.startswith(prefixes))\n"
+             "import diffret_cli.data.plugin, diffret_cli.data.readers\n"
+             "data = loaded('diffret_cli.interfaces', 'diffret_cli.sdk', 'torch')\n"
+             "import diffret_cli.sdk\n"
+             "print(json.dumps([data, loaded('diffret_plugins', 'diffret_cli.cli', 'click', 'open_clip')]))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    above_data, above_sdk = json.loads(proc.stdout)
+    assert above_data == [] and above_sdk == []
