@@ -96,7 +96,7 @@ def test_gradients_reach_every_step_the_step_network_and_the_encoders():
     for s in steps:
         assert s["x_t"].grad.abs().sum() > 0 and s["model_output"].grad.abs().sum() > 0
     named = dict(m.named_parameters())
-    for name in ("denoiser.x_embed.weight", "denoiser.final.linear.weight", "denoiser.t_embed.time_embed.0.weight",
+    for name in ("denoiser.x_embed.weight", "denoiser.final.linear.weight", "denoiser.t_embed.mlp.0.weight",
                  "denoiser.blocks.0.mlp.0.weight", "pooling.q_proj.weight", "pooling.fc.weight"):
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
     enc_grads = {n: p.grad for n, p in named.items() if n.startswith("encoder.") and p.requires_grad}

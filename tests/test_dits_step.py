@@ -89,4 +89,4 @@ def test_generic_rerank_runs_a_truncated_sampler_from_the_anchor():
         for c in range(6):
             want = cos[q, c] if c in top[q] else scores[q, c]
             torch.testing.assert_close(out[q, c], want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.cat([r["sample"] for r in record]), v0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([r["sample"] for r in record]), v0, rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ step, and a final LayerNorm + linear. The state is a single 512-d token.
 Architecture (DiT, Peebles & Xie 2023, "adaLN-Zero")::
 
     h   = W_in v_k                                  [B, 1, H]  (H = hidden, default D)
-    c   = MLP(sinusoid(k)) (+ W_c t, condition="text")
+    c   = MLP([cos(k w), sin(k w)]) (+ W_c t, condition="text")
     per block:  (s1, g1, a1, s2, g2, a2) = W_mod SiLU(c)
                 h = h + a1 * Attn(LN(h) (1 + g1) + s1)
                 h = h + a2 * MLP(LN(h) (1 + g2) + s2)
@@ -32,14 +32,37 @@ calls ``prepare(text, None, None)`` and scores the whole gallery with its own po
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffret_cli.sdk import Denoiser, DenoiserContext
-from diffret_plugins.denoisers.query_candidate import TimestepEmbedder
 
 CONDITIONS = ("none", "text")
+
+
+def step_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)): DiT's timestep
+    features [B, dim] (even ``dim``), computed in float32 on t's device."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class StepEmbedder(nn.Module):
+    """c = MLP(frequencies(k)): Linear -> SiLU -> Linear, as DiT embeds its timestep."""
+
+    def __init__(self, hidden: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        w = self.mlp[0].weight
+        return self.mlp(step_frequencies(t, self.frequency_dim).to(w.dtype))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -82,8 +105,7 @@ class DITSStepNetwork(Denoiser):
     direction = "t2v"
 
     def __init__(self, *, width: int = 512, hidden: int | None = None, depth: int = 4, heads: int = 16,
-                 mlp_ratio: float = 4.0, condition: str = "none", zero_init: bool = True,
-                 max_steps: int = 1000):
+                 mlp_ratio: float = 4.0, condition: str = "none", zero_init: bool = True):
         super().__init__()
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got {condition!r} "
@@ -93,9 +115,9 @@ class DITSStepNetwork(Denoiser):
         if self.hidden % heads:
             raise ValueError(f"hidden width {self.hidden} is not divisible by heads={heads}")
         self.depth, self.heads, self.mlp_ratio = int(depth), int(heads), float(mlp_ratio)
-        self.condition, self.zero_init, self.max_steps = condition, bool(zero_init), int(max_steps)
+        self.condition, self.zero_init = condition, bool(zero_init)
         self.x_embed = nn.Linear(self.width, self.hidden)
-        self.t_embed = TimestepEmbedder(self.hidden, self.max_steps)
+        self.t_embed = StepEmbedder(self.hidden)
         self.c_embed = nn.Linear(self.width, self.hidden) if condition == "text" else None
         self.blocks = nn.ModuleList(DiTBlock(self.hidden, self.heads, self.mlp_ratio) for _ in range(self.depth))
         self.final = FinalLayer(self.hidden, self.width)
@@ -109,7 +131,7 @@ class DITSStepNetwork(Denoiser):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for m in self.t_embed.time_embed:
+        for m in self.t_embed.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         if self.zero_init:
@@ -120,8 +142,7 @@ class DITSStepNetwork(Denoiser):
 
     def config(self) -> dict:
         return {"width": self.width, "hidden": self.hidden, "depth": self.depth, "heads": self.heads,
-                "mlp_ratio": self.mlp_ratio, "condition": self.condition, "zero_init": self.zero_init,
-                "max_steps": self.max_steps}
+                "mlp_ratio": self.mlp_ratio, "condition": self.condition, "zero_init": self.zero_init}
 
     @classmethod
     def example_args(cls) -> list[dict]:

@@ -120,6 +120,8 @@ class DITSSampler(Sampler):
                 traj.append({"x_t": v, "t": t, "model_output": eps})
             v = v - float(self.chi[i]) * eps
             if self.noise and i > 0:  # z = 0 at the last step (k = 1)
-                z = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+                # drawn where the generator lives (a CPU generator may drive a CUDA chain)
+                z = torch.randn(v.shape, generator=generator, dtype=v.dtype,
+                                device=generator.device if generator is not None else v.device).to(v.device)
                 v = v + self.noise_scale * float(self.lam[i]) * z
         return SampleResult(sample=v, trajectory=traj)
