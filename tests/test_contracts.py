@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import conftest_parity as fx
-from diffret_cli.registry import Registry, registry
+from diffret_cli.registry import SINGULAR, Registry, registry
 from diffret_cli.sdk import (
     AnnotationError,
     DatasetPlugin,
@@ -87,7 +87,7 @@ def cases(kind: str, reg: Registry | None = None, keep=None) -> list:
 def build(kind: str, name: str, args):
     """The plugin ``name`` of ``kind`` built with ``args`` (one of its examples)."""
     if isinstance(args, BadExamples):
-        pytest.fail(f"{kind[:-1]} plugin {name!r}: {args}", pytrace=False)
+        pytest.fail(f"{SINGULAR[kind]} plugin {name!r}: {args}", pytrace=False)
     return registry().create(kind, name, **args)
 
 
@@ -97,7 +97,8 @@ def plugin_class(kind: str, name: str):
 
 def test_cases_come_from_each_plugins_example_args():
     """The hook itself: two examples give two cases with those arguments, none gives the
-    default constructor, a malformed one gives a failing case (on a private registry)."""
+    default constructor, a malformed one gives a failing case, and nothing selected gives
+    a failing placeholder (on a private registry)."""
     class Two(NoiseSchedule):
         @classmethod
         def example_args(cls):
@@ -118,7 +119,8 @@ def test_cases_come_from_each_plugins_example_args():
     assert got["two-ex0"] == ("two", {"num_steps": 3}) and got["two-ex1"] == ("two", {"num_steps": 4})
     assert got["nohook"] == ("nohook", {})
     assert isinstance(got["broken"][1], BadExamples) and "list of dicts" in str(got["broken"][1])
-    assert [p.id for p in cases("families", Registry())] == ["<no families>"]
+    # an empty selection must fail, not silently collect nothing
+    assert [p.id for p in cases("schedules", reg, keep=lambda cls: False)] == ["<no schedules>"]
 
 
 # ================================================================================ encoders
