@@ -10,6 +10,10 @@
 
     model = api.convert_official("best.pth")                     # official DiffusionRet weights
     api.save(model, "checkpoints/converted")
+
+    run = api.train(api.load_recipe("quickstart"))               # a run directory
+    results = api.evaluate_run(run)                              # its recipe's targets, as `diffret eval`
+    result = api.evaluate(model, "synthetic", split="test")      # one prepared split
 """
 
 from __future__ import annotations
@@ -20,17 +24,31 @@ import numpy as np
 import torch
 
 from diffret_cli.checkpoint import load_model, save_model
+from diffret_cli.evaluation import EvalSettings, EvalTarget, evaluate_dataset, evaluate_run
+from diffret_cli.families import build_model
 from diffret_cli.model.diffusionret import DiffusionRet, TextFeatures, VideoFeatures
 from diffret_cli.preprocess import frames_to_tensor, select_frame_indices
-from diffret_cli.rerank import rerank as _rerank
+from diffret_cli.recipes import load_recipe
+from diffret_cli.training import train
 
 __all__ = ["build", "load", "save", "convert_official", "encode_texts", "encode_videos", "score", "rerank",
+           "evaluate", "evaluate_run", "train", "load_recipe", "EvalSettings", "EvalTarget",
            "TextFeatures", "VideoFeatures"]
 
 
-def build(config: dict | None = None, *, load_pretrained: bool = True) -> DiffusionRet:
-    """A model from a config (see ``diffret_cli.model.diffusionret.DEFAULT_CONFIG``)."""
-    return DiffusionRet(config, load_pretrained=load_pretrained)
+def build(config: dict | None = None, *, load_pretrained: bool = True):
+    """A model from a config of any family (``config["family"]``, default DiffusionRet:
+    see ``diffret_cli.model.config.DEFAULT_CONFIG``)."""
+    return build_model(config, load_pretrained=load_pretrained)
+
+
+def evaluate(model, dataset: str, *, split: str = "test", settings: EvalSettings | None = None,
+             data_root: str | Path | None = None, **overrides) -> dict:
+    """Metrics of ``model`` on a prepared split (``overrides``: EvalSettings fields,
+    e.g. ``steps=10``, ``qb_norm=True``)."""
+    settings = (settings or EvalSettings()).with_overrides(**overrides)
+    return evaluate_dataset(model, EvalTarget(dataset, split), settings,
+                            data_root=Path(data_root) if data_root else None)
 
 
 def load(path: str | Path, *, device: str = "cpu") -> DiffusionRet:
@@ -95,7 +113,5 @@ def score(model: DiffusionRet, texts: TextFeatures, videos: VideoFeatures) -> to
 def rerank(model: DiffusionRet, scores: torch.Tensor, texts: TextFeatures, videos: VideoFeatures, *,
            steps: int | None = None, topk: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Diffusion re-ranked (t2v [N_text, N_video], v2t [N_video, N_text])."""
-    sampler = model.make_sampler(sample_steps=steps) if steps else model.make_sampler()
     g = torch.Generator(device=scores.device).manual_seed(seed)
-    return _rerank(scores, model=model, text_cls=texts.cls, video_frames=videos.frames, video_mask=videos.mask,
-                   sampler=sampler, topk_t2v=topk, topk_v2t=topk, generator=g)
+    return model.rerank(scores, texts, videos, steps=steps, topk_t2v=topk, topk_v2t=topk, generator=g)

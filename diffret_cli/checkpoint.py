@@ -54,7 +54,7 @@ def resolve_checkpoint_dir(path: Path) -> Path:
 
 def load_model(path: Path, *, map_location: str | torch.device = "cpu"):
     from diffret_cli.convert import load_strict
-    from diffret_cli.model.diffusionret import DiffusionRet
+    from diffret_cli.families import build_model
 
     directory = resolve_checkpoint_dir(path)
     try:
@@ -64,7 +64,7 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu"):
                               hint="the checkpoint is corrupt; use another one") from exc
     cfg.pop("diffret_version", None)
     cfg.pop("extra", None)
-    model = DiffusionRet(cfg, load_pretrained=False)
+    model = build_model(cfg, load_pretrained=False)
     state = load_file(str(directory / MODEL_FILE), device=str(map_location))
     load_strict(model, state, source=str(directory / MODEL_FILE))
     return model

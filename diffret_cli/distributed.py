@@ -86,3 +86,8 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process (after the group is gone too)."""
+    return int(os.environ.get("RANK", "0")) == 0

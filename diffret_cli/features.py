@@ -87,9 +87,28 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when there is one, else CPU), ``cpu`` or ``cuda[:N]``; a device this
+    machine does not have is an error that says what it has."""
+    from diffret_cli.errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}", hint="use auto, cpu or cuda[:N]") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r} asked for, but this machine has no usable CUDA GPU",
+                              hint="use --device cpu (or train.device=cpu), or auto to take a GPU when there is one")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r} asked for, but this machine has {count} GPU(s)",
+                              hint=f"use cuda:0 .. cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r} is not supported (the diffusion coefficients are float64, which "
+                          f"{device.type} lacks)", hint="use auto, cpu or cuda[:N]")
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

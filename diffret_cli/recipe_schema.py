@@ -57,14 +57,15 @@ DEFAULTS: dict[str, Any] = {
               "checkpoint_every": 500, "ema": None, "stages": [1, 2], "val_every_epochs": 1,
               "max_steps": None},
     "eval": {"splits": ["test"], "out_domain": [], "steps": None, "topk_t2v": None, "topk_v2t": None,
-             "batch_size": 64, "qb_norm": False, "qb_norm_beta": 20.0, "qb_norm_k": 1},
+             "batch_size": 64, "qb_norm": False, "qb_norm_beta": 20.0, "qb_norm_k": 1,
+             "qb_norm_bank_size": 5000},
     "data": {"fps": 1.0, "short_side": 224},
 }
 
 #: Mappings that take any key (fnmatch patterns over dotted paths).
 FREE_FORM: tuple[str, ...] = (
     "reproduces.published", "dataset.options", "model.encoder.args", "model.denoisers.*.args",
-    "model.sampler.args",
+    "model.sampler.args", "model.schedule.args",
 )
 
 #: The type of every leaf: int, float, str, bool, map (free-form), list[...] (items), any;
@@ -74,7 +75,8 @@ FIELD_TYPES: dict[str, str] = {
     "reproduces.paper": "str?", "reproduces.published": "map", "reproduces.notes": "str?",
     "dataset.name": "str", "dataset.options": "map", "dataset.train_split": "str",
     "dataset.val_split": "str?", "dataset.test_split": "str",
-    "model.format": "str",
+    "model.format": "str", "model.family": "str",
+    "model.schedule.name": "str", "model.schedule.args": "map",
     "model.encoder.name": "str", "model.encoder.args": "map",
     "model.temporal.layers": "int", "model.temporal.heads": "int?",
     "model.temporal.max_frames": "int?", "model.temporal.init_from_text": "bool",
@@ -101,6 +103,7 @@ FIELD_TYPES: dict[str, str] = {
     "eval.splits": "list[str]", "eval.out_domain": "list[any]", "eval.steps": "int?",
     "eval.topk_t2v": "int?", "eval.topk_v2t": "int?", "eval.batch_size": "int",
     "eval.qb_norm": "bool", "eval.qb_norm_beta": "float", "eval.qb_norm_k": "int",
+    "eval.qb_norm_bank_size": "int",
     "data.fps": "float", "data.short_side": "int",
 }
 
@@ -315,17 +318,14 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
         c.arguments(cls, f"model.denoisers.{d}.args", f"denoiser {c.get(f'model.denoisers.{d}.name')!r}")
     s_cls = c.plugin("samplers", "model.sampler.name")
     c.arguments(s_cls, "model.sampler.args", f"sampler {c.get('model.sampler.name')!r}")
-    s_args = c.get("model.sampler.args")
-    if isinstance(s_args, dict):
-        sched = s_args.get("schedule")
-        if sched is not None:
-            schedules = registry().names("schedules")
-            if sched not in schedules:
-                c.problems.append(f"model.sampler.args.schedule: no schedule plugin named {sched!r}; "
-                                  f"available: {', '.join(schedules)}")
-        steps = s_args.get("num_steps")
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-            c.problems.append(f"model.sampler.args.num_steps: {steps!r} is not allowed; expected an integer >= 1")
+    sched_cls = c.plugin("schedules", "model.schedule.name")
+    c.arguments(sched_cls, "model.schedule.args", f"schedule {c.get('model.schedule.name')!r}")
+    sched_args = c.get("model.schedule.args")
+    steps = sched_args.get("num_steps") if isinstance(sched_args, dict) else None
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        c.problems.append(f"model.schedule.args.num_steps: {steps!r} is not allowed; expected an integer >= 1")
+    c.require("model.family", lambda v: v in registry().names("families"),
+              "a registered model family (`diffret plugins list --kind families`)")
 
     # model --------------------------------------------------------------------------------
     c.require("model.temporal.layers", _ge(0), "an integer >= 0")
@@ -394,6 +394,7 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
     c.require("eval.batch_size", _ge(1), "an integer >= 1")
     c.require("eval.qb_norm_beta", _gt(0), "a number > 0")
     c.require("eval.qb_norm_k", _ge(1), "an integer >= 1")
+    c.require("eval.qb_norm_bank_size", _ge(1), "an integer >= 1 (training captions in the query bank)")
     out_domain = c.get("eval.out_domain")
     if isinstance(out_domain, list):
         for i, item in enumerate(out_domain):

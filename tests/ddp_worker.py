@@ -38,7 +38,9 @@ def global_batch(model) -> dict[str, torch.Tensor]:
 def run_step(dist_info) -> dict:
     """Loss and selected gradients of one stage-1 step on this rank's share of the batch."""
     from diffret_cli.model.diffusionret import DiffusionRet
-    from diffret_cli.trainer import RunContext, Stage1, _wrap_ddp
+    from diffret_cli.training.context import RunContext
+    from diffret_cli.training.contrastive import ContrastiveStep
+    from diffret_cli.training.loop import wrap_ddp
 
     torch.manual_seed(0)
     model = DiffusionRet(tiny_model_config(), load_pretrained=False)
@@ -48,8 +50,8 @@ def run_step(dist_info) -> dict:
     local = {k: v[dist_info.rank * per:(dist_info.rank + 1) * per] for k, v in batch.items()}
     ctx = RunContext(run_dir=Path("."), recipe={}, data=None, device=torch.device("cpu"), precision="fp32",
                      dist=dist_info, log=lambda r: None)
-    module = _wrap_ddp(Stage1(model, dist_info), ctx)
-    loss = module(local["ids"], local["mask"], local["frames"], local["frame_mask"])
+    module = wrap_ddp(ContrastiveStep(model, dist_info), ctx)
+    loss, _ = module(local)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
              if p.grad is not None and n.startswith(PARAMS)}

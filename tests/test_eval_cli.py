@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from diffret_cli.cli.main import cli
-from diffret_cli.runs import train
+from diffret_cli.training import train
 from train_helpers import prepare_synthetic, tiny_recipe
 
 
@@ -85,7 +85,7 @@ def test_out_domain_without_any_run_says_what_to_do(tmp_path, monkeypatch):
 def test_python_api_matches_the_evaluation(trained):
     from diffret_cli import api
     from diffret_cli.data.manifest import PreparedDataset
-    from diffret_cli.evaluate import evaluate_split
+    from diffret_cli.evaluation import EvalSettings, evaluate_split
 
     run_dir, data_root = trained
     model = api.load(run_dir)
@@ -104,12 +104,16 @@ def test_python_api_matches_the_evaluation(trained):
     from diffret_cli.metrics import retrieval_metrics
 
     owner = np.repeat(np.arange(8), [len(v.captions) for v in split.videos])
-    ev = evaluate_split(model, split, device=torch.device("cpu"), rerank_scores=False)
+    ev = evaluate_split(model, split, EvalSettings(device="cpu", rerank=False))
     assert retrieval_metrics(scores, scores.t(), owner) == ev["rows"]["stage1"]
 
 
 def test_eval_of_a_missing_checkpoint_names_the_fix(tmp_path):
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "nope"), "--dataset", "synthetic"])
+    assert res.exit_code == 2
+    assert "no such run or checkpoint" in res.output and str(tmp_path / "nope") in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "empty"), "--dataset", "synthetic"])
     assert res.exit_code != 0
     assert "no diffret checkpoint" in str(res.exception)
     shutil.rmtree(tmp_path, ignore_errors=True)
@@ -117,13 +121,13 @@ def test_eval_of_a_missing_checkpoint_names_the_fix(tmp_path):
 
 def test_eval_reproduces_the_end_of_training_table(trained, capsys):
     """Same checkpoint, same noise seed (the run's train.seed): the same numbers."""
-    from diffret_cli.cli.cmd_eval import run_evaluations
+    from diffret_cli.evaluation import evaluate_run
 
     run_dir, data_root = trained
     recipe = tiny_recipe()
     recipe["train"]["seed"] = 7  # the end-of-training evaluation draws its noise from it
     (run_dir / "recipe.yaml").write_text(__import__("yaml").safe_dump(recipe))
-    run_evaluations(run_dir, recipe=recipe, data_root=data_root, as_json=True)
+    evaluate_run(run_dir, data_root=data_root)  # what `diffret train` calls at the end
     at_train_end = json.loads((run_dir / "eval" / "synthetic-test.json").read_text())
     again = _eval([str(run_dir)], data_root)
     assert again["settings"]["seed"] == 7

@@ -56,7 +56,7 @@ def _ranks(model, split):
 
 
 def test_ranks_do_not_depend_on_order(model):
-    from diffret_cli.evaluate import evaluate_split
+    from diffret_cli.evaluation import EvalSettings, evaluate_split
 
     base = _split(list(range(V)), CAPTIONS)
     perm = [6, 2, 9, 0, 7, 4, 1, 8, 5, 3]
@@ -70,8 +70,9 @@ def test_ranks_do_not_depend_on_order(model):
     assert sorted(back.tolist()) == list(range(9)) and back.tolist() != list(range(9))
     np.testing.assert_array_equal(ranks_b, ranks_a[back])
     assert ranks_a.max() <= V and ranks_a.min() >= 1
-    ra = evaluate_split(model, base, device=torch.device("cpu"), batch_size=4, rerank_scores=False)
-    rb = evaluate_split(model, shuffled, device=torch.device("cpu"), batch_size=4, rerank_scores=False)
+    settings = EvalSettings(device="cpu", batch_size=4, rerank=False)
+    ra = evaluate_split(model, base, settings)
+    rb = evaluate_split(model, shuffled, settings)
     assert ra["rows"]["stage1"]["t2v"] == rb["rows"]["stage1"]["t2v"]
     assert ra["rows"]["stage1"]["t2v"]["queries"] == 9
     assert ra["num_captions"] == 9 and ra["num_videos"] == V

@@ -63,7 +63,7 @@ def test_paper_settings_and_published_numbers():
                                  "val_split": "val", "test_split": "test"}
     assert (msrvtt["model"]["max_words"], msrvtt["model"]["max_frames"]) == (32, 12)
     assert msrvtt["model"]["encoder"]["args"] == {"model": "ViT-B-32-quickgelu", "pretrained": "openai"}
-    assert msrvtt["model"]["rerank"]["topk_t2v"] == 32 and msrvtt["model"]["sampler"]["args"]["num_steps"] == 50
+    assert msrvtt["model"]["rerank"]["topk_t2v"] == 32 and msrvtt["model"]["schedule"]["args"]["num_steps"] == 50
     s1, s2 = msrvtt["stage1"], msrvtt["stage2"]
     assert (s1["batch_size"], s1["lr"], s1["encoder_lr"], s1["epochs"], s1["weight_decay"]) == (128, 1e-4, 1e-7, 5, 0.2)
     assert (s2["num_candidates"], s2["loss"], s2["grad_clip"], s2["warmup"]) == (128, "kl", 1.0, 0.1)

@@ -11,9 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from diffret_cli import trainer
 from diffret_cli.errors import ConfigError
-from diffret_cli.runs import train
+from diffret_cli.training import Interrupted, load_training_state, train
 from train_helpers import prepare_synthetic, tiny_recipe
 
 
@@ -43,13 +42,13 @@ def test_resume_equals_uninterrupted_run(tmp_path, data_root):
     a = train(recipe, run_dir=tmp_path / "a", data_root=data_root, progress=False)
 
     b = tmp_path / "b"
-    with pytest.raises(trainer.Interrupted):  # killed in stage 1, epoch 0, after batch 3
+    with pytest.raises(Interrupted):  # killed in stage 1, epoch 0, after batch 3
         train(recipe, run_dir=b, data_root=data_root, progress=False, stop_after_steps=3)
-    state = trainer.load_training_state(b)
+    state = load_training_state(b)
     assert (state["stage"], state["epoch"], state["batch"]) == (1, 0, 2)
-    with pytest.raises(trainer.Interrupted):  # resumed: 6 stage-1 steps left, killed in stage 2
+    with pytest.raises(Interrupted):  # resumed: 6 stage-1 steps left, killed in stage 2
         train(recipe, run_dir=b, data_root=data_root, progress=False, resume=True, stop_after_steps=9)
-    state = trainer.load_training_state(b)
+    state = load_training_state(b)
     assert (state["stage"], state["epoch"], state["batch"]) == (2, 0, 2)
     train(recipe, run_dir=b, data_root=data_root, progress=False, resume=True)
 
@@ -133,14 +132,14 @@ def test_max_steps_caps_each_stage_and_still_validates(tmp_path, data_root):
         vals = [r for r in recs if r.get("stage") == stage and "val" in r]
         assert [v["epoch"] for v in vals] == [0, 1]  # epoch 0 ends normally, epoch 1 at the cap
     assert (run / "checkpoints" / "stage2" / "best" / "model.safetensors").is_file()
-    assert trainer.load_training_state(run)["epoch"] == 3  # the stage counts as finished
+    assert load_training_state(run)["epoch"] == 3  # the stage counts as finished
 
 
 def test_ema_weights_are_what_is_validated_and_saved(tmp_path, data_root):
     recipe = tiny_recipe(epochs1=1, epochs2=0, stages=(1,))
     recipe["train"]["ema"] = 0.5
     run = train(recipe, run_dir=tmp_path / "ema", data_root=data_root, progress=False)
-    state = trainer.load_training_state(run)
+    state = load_training_state(run)
     best = load_file(str(run / "checkpoints" / "stage1" / "best" / "model.safetensors"))
     last = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     shadow = state["ema"]

@@ -22,13 +22,14 @@ def tiny_model_config(*, max_frames: int = 4, max_words: int = 16) -> dict[str, 
     cfg["text_cfg"].update(width=32, heads=2, layers=1, vocab_size=1024, context_length=max_words)
     return {"encoder": {"name": "open_clip", "args": {"model": "custom", "model_config": cfg,
                                                       "pretrained": None, "tokenizer": "words"}},
-            "temporal": {"layers": 1}, "sampler": {"name": "ddim", "args": {"schedule": "cosine", "num_steps": 10}},
+            "temporal": {"layers": 1}, "schedule": {"name": "cosine", "args": {"num_steps": 10}},
+            "sampler": {"name": "ddim", "args": {}},
             "rerank": {"topk_t2v": 4, "topk_v2t": 4}, "max_words": max_words, "max_frames": max_frames}
 
 
 def tiny_recipe(*, epochs1: int = 1, epochs2: int = 1, batch_size: int = 16, checkpoint_every: int = 100,
                 stages: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
-    """A complete recipe dict (the shape diffret_cli.runs.train expects) for a tiny CPU run."""
+    """A complete recipe dict (the shape diffret_cli.training.train expects) for a tiny CPU run."""
     return copy.deepcopy({
         "name": "tiny", "dataset": {"name": "synthetic", "options": {}, "train_split": "train",
                                     "val_split": "val", "test_split": "test"},

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from diffret_cli.errors import ConfigError
-from diffret_cli.model.config import DEFAULT_CONFIG, merge_config
+from diffret_cli.model.config import DEFAULT_CONFIG, merge_config, split_schedule_args
 from diffret_cli.model.similarity import TokenWiseSimilarity
 from diffret_cli.model.temporal import TemporalTransformer
 from diffret_cli.registry import create, plugin_version
@@ -41,7 +41,7 @@ class VideoFeatures:
 class DiffusionRet(nn.Module):
     def __init__(self, config: dict | None = None, *, load_pretrained: bool = True):
         super().__init__()
-        cfg = merge_config(DEFAULT_CONFIG, config)
+        cfg = merge_config(DEFAULT_CONFIG, split_schedule_args(config))
         enc_args = dict(cfg["encoder"]["args"])
         if not load_pretrained:  # weights come from a checkpoint: build the bare architecture
             enc_args.update(pretrained=None, weights=None)
@@ -51,7 +51,7 @@ class DiffusionRet(nn.Module):
         text_layer = self.encoder.text_layer_state(0)
         heads = t_cfg["heads"] or max(d // 64, 1)
         if text_layer is not None and t_cfg["init_from_text"]:
-            heads = self.encoder.clip.transformer.resblocks[0].attn.num_heads
+            heads = self.encoder.text_attention_heads()
         pos = self.encoder.text_positional_embedding()
         max_frames = t_cfg["max_frames"] or (pos.shape[0] if pos is not None else 77)
         self.temporal = TemporalTransformer(width=d, layers=t_cfg["layers"], heads=heads, max_frames=max_frames)
@@ -83,8 +83,22 @@ class DiffusionRet(nn.Module):
         return cfg
 
     def make_sampler(self, **overrides):
-        s = self.config["sampler"]
-        return create("samplers", s["name"], **{**s["args"], **overrides})
+        """The inference sampler over the model's noise schedule (``config["schedule"]``);
+        ``overrides`` are sampler arguments (e.g. ``sample_steps`` for fewer DDIM steps)."""
+        s, sched = self.config["sampler"], self.config["schedule"]
+        # samplers rebuild the schedule from its name, steps and scale (the parity-tested
+        # constructor); other schedule arguments are for training-only schedules
+        forward = {"schedule": sched["name"],
+                   **{k: v for k, v in sched["args"].items() if k in ("num_steps", "beta_scale")}}
+        return create("samplers", s["name"], **{**forward, **s["args"], **overrides})
+
+    def noise_schedule(self):
+        """The forward process over every training step (no respacing), from the
+        ``schedule`` key: what stage 2 noises its targets with (Ho et al. Eq. 4)."""
+        from diffret_cli.diffusion import DiffusionCoefficients
+
+        sched = self.config["schedule"]
+        return DiffusionCoefficients.from_betas(create("schedules", sched["name"], **sched["args"]).betas())
 
     def stage1_modules(self) -> list[nn.Module]:
         return [self.encoder, self.temporal, self.similarity]
@@ -110,3 +124,54 @@ class DiffusionRet(nn.Module):
 
     def contrastive_logits(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
         return self.encoder.logit_scale() * self.similarity_matrix(text, video)
+
+    # ---------------------------------------------------------------------- generation
+    def rerank(self, sim: torch.Tensor, text: TextFeatures, video: VideoFeatures, *, steps: int | None = None,
+               topk_t2v: int | None = None, topk_v2t: int | None = None,
+               generator: torch.Generator | None = None, record: dict | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both directions re-ranked by the denoisers (paper section 3.3, Eq. 13):
+        (t2v [N_text, N_video], v2t [N_video, N_text]). ``steps``: DDIM steps (default:
+        all of the schedule's)."""
+        from diffret_cli.rerank import rerank
+
+        sampler = self.make_sampler(sample_steps=steps) if steps else self.make_sampler()
+        return rerank(sim, model=self, text_cls=text.cls, video_frames=video.frames, video_mask=video.mask,
+                      sampler=sampler, topk_t2v=topk_t2v, topk_v2t=topk_v2t, generator=generator,
+                      record=record)
+
+    def generation_loss(self, text_cls: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor, *,
+                        queries: torch.Tensor, cand_v: torch.Tensor, cand_t: torch.Tensor,
+                        generator: torch.Generator | None, kind: str = "kl", temp: float = 100.0,
+                        negative_value: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The stage-2 objective (paper section 3.4): each denoiser learns to generate,
+        from noise, the one-hot distribution over a query's candidates (the positive at
+        index 0, then its hard negatives).
+
+        ``text_cls`` [N,D], ``video_frames`` [N,T,D], ``video_mask`` [N,T] are the features
+        of the global batch (pair i = caption i and its video); ``queries`` [B] the rows of
+        this rank; ``cand_v`` / ``cand_t`` [B,K] the candidate videos / captions of each.
+        Returns (loss, {"loss_t2v", "loss_v2t"})."""
+        from diffret_cli.losses import generation_loss
+
+        coef = self._training_schedule()
+        b, k = cand_v.shape
+        dev = text_cls.device
+        t = torch.randint(0, coef.num_steps, (b,), generator=generator).to(dev)
+        n1 = torch.randn((b, k), generator=generator).to(dev)
+        n2 = torch.randn((b, k), generator=generator).to(dev)
+        common = dict(kind=kind, temp=temp, negative_value=negative_value, t=t)
+        l_t2v, _ = generation_loss(self.denoiser_t2v, coef, text=text_cls[queries], video=video_frames[cand_v],
+                                   video_mask=video_mask[cand_v], noise=n1, **common)
+        l_v2t, _ = generation_loss(self.denoiser_v2t, coef, text=text_cls[cand_t], video=video_frames[queries],
+                                   video_mask=video_mask[queries], noise=n2, **common)
+        return l_t2v + l_v2t, {"loss_t2v": l_t2v.detach(), "loss_v2t": l_v2t.detach()}
+
+    def _training_schedule(self):
+        if getattr(self, "_coef", None) is None:
+            self._coef = self.noise_schedule()
+        return self._coef
+
+    def default_steps(self) -> int:
+        """Sampler steps when none are asked for: the whole schedule."""
+        return int(self.config["schedule"]["args"].get("num_steps", 50))

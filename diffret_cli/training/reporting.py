@@ -1,0 +1,50 @@
+"""What a run reports: ``metrics.jsonl`` (and TensorBoard), and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from diffret_cli.distributed import DistInfo
+
+
+def jsonl_logger(path: Path, dist: DistInfo, writer=None) -> Callable[[dict], None]:
+    """Rank 0 appends each record as one JSON line (and loss / lr scalars to TensorBoard
+    at the run's global step)."""
+    def log(record: dict) -> None:
+        if not dist.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+        if writer is not None and "loss" in record:
+            step = record.get("global_step", record.get("step", 0))
+            writer.add_scalar(f"stage{record['stage']}/loss", record["loss"], step)
+            writer.add_scalar(f"stage{record['stage']}/lr", record["lr"], step)
+    return log
+
+
+def tensorboard_writer(run_dir: Path, dist: DistInfo):
+    """A SummaryWriter on rank 0 when tensorboard is installed, else None."""
+    if not dist.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr with loss, learning rate and throughput columns."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+                    TextColumn("{task.fields[rate]:.1f} pairs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True))

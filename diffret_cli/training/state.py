@@ -1,0 +1,79 @@
+"""The resume point ``checkpoints/last``: model, config and the training state.
+
+The folder is written whole under a temp name and swapped in as one unit
+(:func:`diffret_cli.fileio.replace_dir`), so a kill at any instant leaves either the old
+resume point or the new one: never new weights with an old optimiser or RNG state.
+The training state holds only tensors and plain numbers (the RNG states converted), so
+it loads with ``torch.load(weights_only=True)``: opening a run folder someone shared
+runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffret_cli.checkpoint import save_model
+from diffret_cli.errors import CheckpointError
+from diffret_cli.fileio import atomic_write_bytes, replace_dir, temp_sibling
+
+STATE_FILE = "training_state.pt"
+
+
+def last_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last"
+
+
+def rng_state(gen: torch.Generator | None) -> dict:
+    """Every random stream the loop draws from, as tensors and numbers only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": int(version), "mt": torch.tensor(mt, dtype=torch.int64),
+                       "gauss_next": gauss_next},
+            "gen": gen.get_state() if gen is not None else None}
+
+
+def set_rng_state(s: dict, gen: torch.Generator | None) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["mt"].tolist()), p["gauss_next"]))
+    if gen is not None and s.get("gen") is not None:
+        gen.set_state(s["gen"])
+
+
+def save_training_state(run_dir: Path, model, state: dict) -> None:
+    """checkpoints/last <- model + config + ``state``, as one unit."""
+    dst = last_dir(run_dir)
+    tmp = temp_sibling(dst)
+    try:
+        save_model(model, tmp)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(tmp / STATE_FILE, buf.getvalue())
+        replace_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_training_state(run_dir: Path) -> dict | None:
+    """The state saved with ``checkpoints/last``, or None when the run has none."""
+    path = last_dir(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:
+        raise CheckpointError(f"cannot read the resume state {path}: {str(exc).splitlines()[0]}",
+                              hint="the file is damaged or was not written by diffret; start the run again "
+                              "without --resume (or resume from a copy of the run folder)") from exc
