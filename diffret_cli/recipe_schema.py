@@ -17,7 +17,7 @@ from typing import Any
 from diffret_cli.model.config import DEFAULT_CONFIG as MODEL_DEFAULTS
 from diffret_cli.model.config import FORMAT as MODEL_FORMAT
 from diffret_cli.errors import DiffretError
-from diffret_cli.registry import registry
+from diffret_cli.registry import SINGULAR, registry
 
 LOSS_KINDS = ("kl", "mse")  # diffret_cli.losses.generation_loss_from_output
 FEATURE_DTYPES = ("float16", "bfloat16", "float32")
@@ -64,8 +64,7 @@ DEFAULTS: dict[str, Any] = {
 
 #: Mappings that take any key (fnmatch patterns over dotted paths).
 FREE_FORM: tuple[str, ...] = (
-    "reproduces.published", "dataset.options", "model.encoder.args", "model.denoisers.*.args",
-    "model.sampler.args", "model.schedule.args",
+    "reproduces.published", "dataset.options", "model.*.args",
 )
 
 #: The type of every leaf: int, float, str, bool, map (free-form), list[...] (items), any;
@@ -112,6 +111,9 @@ OUT_DOMAIN_DEFAULT: dict[str, Any] = {"name": None, "options": {}, "split": "tes
 
 
 
+_MISSING = object()
+
+
 # ------------------------------------------------------------------------ schema paths
 def is_free_path(path: str) -> bool:
     """Whether ``path`` is a free-form mapping or lies under one."""
@@ -120,18 +122,53 @@ def is_free_path(path: str) -> bool:
                for pat in FREE_FORM for i in range(1, len(parts) + 1))
 
 
-def schema_at(path: str) -> dict | None:
-    """The DEFAULTS mapping at a fixed-key ``path`` ("" = top level), or None."""
-    node: Any = DEFAULTS
+def defaults_for(recipe: dict | None) -> dict:
+    """DEFAULTS for a recipe: its ``model`` section's defaults come from the model family
+    it names (``model.family``; DiffusionRet's when absent)."""
+    model = (recipe or {}).get("model")
+    family = model.get("family") if isinstance(model, dict) else None
+    if family in (None, MODEL_DEFAULTS["family"]) or not isinstance(family, str):
+        return DEFAULTS
+    if family not in registry().names("families"):
+        return DEFAULTS  # validation reports the unknown family
+    from diffret_cli.families import get_family
+
+    out = copy.deepcopy(DEFAULTS)
+    out["model"] = get_family(family).default_config()
+    return out
+
+
+def _node(path: str, defaults: dict) -> Any:
+    node: Any = defaults
     for part in path.split(".") if path else ():
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _MISSING
         node = node[part]
+    return node
+
+
+def schema_at(path: str, defaults: dict | None = None) -> dict | None:
+    """The defaults mapping at a fixed-key ``path`` ("" = top level), or None."""
+    node = _node(path, defaults or DEFAULTS)
     return node if isinstance(node, dict) and path not in FIELD_TYPES else None
 
 
+def field_type(path: str, defaults: dict | None = None) -> str | None:
+    """The type spec of a leaf: FIELD_TYPES, else (keys a model family adds) the type of
+    its default value; None for a fixed-key mapping."""
+    if path in FIELD_TYPES:
+        return FIELD_TYPES[path]
+    node = _node(path, defaults or DEFAULTS)
+    if isinstance(node, dict) or node is _MISSING:
+        return None
+    if node is None:
+        return "any"
+    if isinstance(node, list):
+        return "list[any]"
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(node), "any")
+
+
 # --------------------------------------------------------------------------- validation
-_MISSING = object()
 
 
 def _type_ok(value: Any, spec: str) -> bool:
@@ -166,9 +203,9 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_structure(value: Any, path: str, problems: list[str], bad: set[str]) -> None:
+def _check_structure(value: Any, path: str, problems: list[str], bad: set[str], defaults: dict) -> None:
     """Unknown keys, missing keys and wrong types of one fixed-key mapping, recursively."""
-    schema = schema_at(path)
+    schema = schema_at(path, defaults)
     assert schema is not None
     label = path or "the recipe"
     if not isinstance(value, dict):
@@ -183,9 +220,9 @@ def _check_structure(value: Any, path: str, problems: list[str], bad: set[str]) 
                             + f"; valid keys {'under ' + repr(path) if path else 'at the top level'}: "
                             + ", ".join(schema))
             continue
-        spec = FIELD_TYPES.get(sub)
+        spec = field_type(sub, defaults)
         if spec is None:
-            _check_structure(v, sub, problems, bad)
+            _check_structure(v, sub, problems, bad, defaults)
         elif v is None and not spec.endswith("?"):
             problems.append(f"{sub}: required, expected {spec}" + _REQUIRED_HINTS.get(sub, ""))
             bad.add(sub)
@@ -251,7 +288,7 @@ class _Checker:
         names = reg.names(kind)
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
-            self.problems.append(f"{path}: no {kind[:-1]} plugin named {name!r}"
+            self.problems.append(f"{path}: no {SINGULAR[kind]} plugin named {name!r}"
                                  + (f" (did you mean {close[0]!r}?)" if close else "")
                                  + f"; available: {', '.join(names) or '(none)'}")
             return None
@@ -296,7 +333,7 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
     their constructor does not take, and bad values."""
     problems: list[str] = []
     bad: set[str] = set()
-    _check_structure(recipe, "", problems, bad)
+    _check_structure(recipe, "", problems, bad, defaults_for(recipe))
     if "" in bad:
         return problems
     c = _Checker(recipe, bad)

@@ -40,7 +40,8 @@ __all__ = [
     "load_recipe", "parse_value", "validate_recipe",
 ]
 from diffret_cli.recipe_schema import (DEFAULTS, FIELD_TYPES, FREE_FORM, LOSS_KINDS,  # noqa: F401 - re-exported
-                                      OUT_DOMAIN_DEFAULT, RECIPE_SUFFIX, is_free_path, schema_at,
+                                      OUT_DOMAIN_DEFAULT, RECIPE_SUFFIX, defaults_for, field_type, is_free_path,
+                                      schema_at,
                                       validate_recipe)
 
 
@@ -270,6 +271,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] = ()) -> di
     merged into the mapping it replaces.
     """
     out = copy.deepcopy(recipe)
+    defaults = defaults_for(recipe)
     for text in overrides:
         if "=" not in text:
             raise ConfigError(f"override {text!r} is not key=value",
@@ -284,9 +286,9 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str] = ()) -> di
         for i, part in enumerate(parts):
             path, parent = ".".join(parts[: i + 1]), ".".join(parts[:i])
             if not is_free_path(path):
-                schema = schema_at(parent)
+                schema = schema_at(parent, defaults)
                 if schema is None:
-                    kind = FIELD_TYPES.get(parent, "a value")
+                    kind = field_type(parent, defaults) or "a value"
                     raise ConfigError(f"{parent!r} is {kind}, it has no key {part!r}{context}",
                                       hint=f"set the whole value instead: {parent}=...")
                 if part not in schema:
@@ -346,7 +348,7 @@ def _resolve(name_or_path: str | os.PathLike, overrides: Sequence[str]) -> tuple
         from diffret_cli.model.config import split_schedule_args
 
         raw = {**raw, "model": split_schedule_args(raw["model"])}
-    recipe = _merge(DEFAULTS, raw)
+    recipe = _merge(defaults_for(raw), raw)
     if recipe.get("name") is None:
         recipe["name"] = info.name
     recipe = _normalize(apply_overrides(recipe, overrides))
