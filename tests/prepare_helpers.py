@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -61,17 +62,19 @@ def make_audio_only(path: Path) -> Path:
 class FakeVids(DatasetPlugin):
     """Reads ``annos.json`` = {split: {video_id: [caption, ...]}}; videos are
     ``videos/<id>.mp4``. ``crash_on`` kills the worker process on that id (a stand-in for
-    a decoder that segfaults)."""
+    a decoder that segfaults); ``delay`` seconds of sleep per video make a run slow
+    enough to interrupt at a chosen point."""
 
     name: ClassVar[str] = "fakevids"
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     protocol: ClassVar[str] = "single"
 
-    def __init__(self, *, crash_on: str = ""):
+    def __init__(self, *, crash_on: str = "", delay: float = 0.0):
         self.crash_on = crash_on
+        self.delay = delay
 
     def config(self):
-        return {"crash_on": self.crash_on}
+        return {"crash_on": self.crash_on, "delay": self.delay}
 
     def annotation_files(self, split):
         return ["annos.json"]
@@ -96,6 +99,8 @@ class FakeVids(DatasetPlugin):
     def locate_video(self, source: Path, entry: VideoEntry) -> Path | None:
         if self.crash_on and entry.video_id == self.crash_on:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.delay:
+            time.sleep(self.delay)
         p = Path(source) / "videos" / f"{entry.video_id}.mp4"
         return p if p.exists() else None
 
@@ -121,3 +126,34 @@ def make_source(root: Path) -> Path:
     }
     (src / "annos.json").write_text(json.dumps(annos))
     return src
+
+
+def make_many(root: Path, n: int, *, seconds: float = 1.0) -> Path:
+    """A source folder of ``n`` small good videos (``v000`` ...) in one ``train`` split."""
+    src = root / "src"
+    for i in range(n):
+        make_video(src / "videos" / f"v{i:03d}.mp4", seconds=seconds, size=(32, 24))
+    (src / "annos.json").write_text(json.dumps({"train": {f"v{i:03d}": [f"clip {i}"] for i in range(n)},
+                                                "test": {}}))
+    return src
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/prepare_helpers.py data prepare fakevids ...``: the real CLI, with
+    FakeVids registered (fault-injection tests run this in a child process and kill it)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from prepare_helpers import FakeVids as Registered  # workers unpickle it from this module
+
+    from diffret_cli.cli.main import main as cli_main
+    from diffret_cli.registry import registry
+
+    registry().register("datasets", "fakevids", Registered)
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -14,7 +14,7 @@ from diffret_cli.data.readers import clean_caption, read_id_list
 from diffret_plugins.datasets.activitynet import ActivityNet
 from diffret_plugins.datasets.didemo import DiDeMo
 from diffret_plugins.datasets.lsmdc import LSMDC
-from diffret_plugins.datasets.msrvtt import MSRVTT, VAL_LIST_URL
+from diffret_plugins.datasets.msrvtt import ANNOTATIONS_URL, MSRVTT
 from diffret_plugins.datasets.msvd import MSVD
 
 ANN = Path(__file__).parent / "data" / "annotations"
@@ -36,7 +36,7 @@ def test_truncated_json(tmp_path):
     real = (ANN / "activitynet" / "val_1.json").read_bytes()
     (tmp_path / "val_1.json").write_bytes(real[:5000])
     with pytest.raises(AnnotationError) as err:
-        ActivityNet().load_split(tmp_path, "val")
+        ActivityNet().load_split(tmp_path, "test")
     msg = err.value.message
     assert str(tmp_path / "val_1.json") in msg and "line 1, column" in msg
     assert "the file ends early" in msg and '{"v_<id>": {duration, timestamps, sentences}}' in msg
@@ -112,7 +112,7 @@ def test_empty_file(tmp_path, plugin, split, files, empty):
 
 def test_msrvtt_json_without_sentences(tmp_path):
     copy("msrvtt", "MSRVTT_train.9k.csv", tmp_path)
-    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [{"video_id": "video0"}]}))
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [{"video_id": "video0", "split": "train"}]}))
     with pytest.raises(AnnotationError) as err:
         MSRVTT().load_split(tmp_path, "train")
     assert err.value.message == (
@@ -121,10 +121,10 @@ def test_msrvtt_json_without_sentences(tmp_path):
 
 
 def test_msrvtt_sentence_without_caption(tmp_path):
-    copy("msrvtt", "MSRVTT_val.full.csv", tmp_path)
     sentences = [{"sen_id": 0, "video_id": "video6513", "caption": "fine"},
                  {"sen_id": 1, "video_id": "video6513"}]
-    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sentences}))
+    videos = [{"id": 6513, "video_id": "video6513", "split": "validate"}]
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
     with pytest.raises(AnnotationError, match=r"sentences\[1\] has no key 'caption'; expected an "
                        r"object \{sen_id, video_id, caption\}"):
         MSRVTT().load_split(tmp_path, "val")
@@ -146,7 +146,7 @@ def test_activitynet_sentences_not_a_list(tmp_path):
     copy("activitynet", "val_ids.json", tmp_path)
     (tmp_path / "val_1.json").write_text(json.dumps({"v_a": {"sentences": "one string"}}))
     with pytest.raises(AnnotationError, match=r"\['v_a'\]\.sentences is a JSON str, expected a list"):
-        ActivityNet().load_split(tmp_path, "val")
+        ActivityNet().load_split(tmp_path, "test")
 
 
 # -------------------------------------------------------------------------- missing files
@@ -160,11 +160,22 @@ def test_missing_file_lists_where_it_looked_and_where_to_get_it(tmp_path):
     assert "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip" in err.value.hint
 
 
-def test_missing_msrvtt_val_list_says_where_to_get_it(tmp_path):
-    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": []}))
-    with pytest.raises(AnnotationError, match="annotation file MSRVTT_val.full.csv not found") as err:
+def test_msrvtt_val_needs_the_json_split_or_the_val_list(tmp_path):
+    # a json without "videos" (each video's official split) and no val csv: say both
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"sentences": []}))
+    with pytest.raises(AnnotationError) as err:
         MSRVTT().load_split(tmp_path, "val")
-    assert VAL_LIST_URL in err.value.hint and "video6513 to video7009" in err.value.hint
+    assert err.value.message.startswith(f"{tmp_path / 'MSRVTT_data.json'}: no \"videos\" list")
+    assert "MSRVTT_val.full.csv" in err.value.message
+    assert ANNOTATIONS_URL in err.value.hint and "video6513 to video7009" in err.value.hint
+    # the val csv, when present, stands in for the missing list
+    copy("msrvtt", "MSRVTT_val.full.csv", tmp_path)
+    val = MSRVTT().load_split(tmp_path, "val")
+    assert len(val.videos) == 0 and len(val.problems) == 497  # listed, but this json has no captions
+    # a video entry without its split is a malformed file, named with the entry
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"videos": [{"video_id": "video1"}], "sentences": []}))
+    with pytest.raises(AnnotationError, match=r"videos\[0\] has no key 'split'"):
+        MSRVTT().load_split(tmp_path, "val")
 
 
 def test_missing_lsmdc_and_msvd_captions(tmp_path):
@@ -207,7 +218,7 @@ def test_invalid_utf8_inside_json_is_per_item(tmp_path):
     raw = (b'{"v_a": {"sentences": ["Good one.", " caf\xe9 bad "]}, '
            b'"v_b": {"sentences": ["\xff\xff"]}, "v_c": {"sentences": ["  Fine  too. "]}}')
     (tmp_path / "val_1.json").write_bytes(raw)
-    ann = ActivityNet().load_split(tmp_path, "val")
+    ann = ActivityNet().load_split(tmp_path, "test")
     assert [(v.video_id, v.captions) for v in ann.videos] == [("a", ("Good one.",)), ("c", ("Fine too.",))]
     assert problems(ann) == [("v_a", "invalid-utf8"), ("v_b", "invalid-utf8"), ("v_b", "no-captions")]
     assert "['v_a'].sentences[1]" in ann.problems[0].detail

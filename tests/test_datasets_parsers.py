@@ -96,6 +96,7 @@ def test_class_attributes_and_downloads():
     assert ActivityNet.hf_repo == "friedrichor/ActivityNet_Captions" and LSMDC.hf_repo is None
 
     urls = {d.name: d.urls[0] for d in MSRVTT.downloads}
+    assert sorted(urls) == ["annotations", "videos"]  # msrvtt_data.zip is all the annotations needed
     assert urls["annotations"] == (
         "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip")
     assert urls["videos"] == "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
@@ -116,6 +117,10 @@ def test_class_attributes_and_downloads():
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="train_list='8k'"):
         MSRVTT(train_list="8k")
+    with pytest.raises(ConfigError, match="paper_splits='yes'; allowed: true, false"):
+        MSRVTT(paper_splits="yes")
+    with pytest.raises(ConfigError, match="paper_splits=1; allowed: true, false"):
+        ActivityNet(paper_splits=1)
     with pytest.raises(ConfigError, match="captions='raw.pkl'"):
         MSVD(captions="raw.pkl")
     with pytest.raises(TypeError):
@@ -138,13 +143,13 @@ def test_msrvtt_test_1k_a():
 
 @pytest.fixture(scope="module")
 def msrvtt_source(tmp_path_factory) -> Path:
-    """The real csv files plus a written MSRVTT_data.json in the real schema (the real
-    json is over 4 MiB): 10,000 videos x 20 captions, in CLIP4Clip's msrvtt_data/."""
+    """msrvtt_data.zip's contents: the real csv files plus a written MSRVTT_data.json in
+    the real schema (the real json is over 4 MiB): 10,000 videos x 20 captions, each
+    video's official split (train video0-6512, validate video6513-7009, test the rest)."""
     root = tmp_path_factory.mktemp("msrvtt")
     folder = root / "msrvtt_data"
     folder.mkdir()
-    for name in ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_val.full.csv",
-                 "MSRVTT_JSFUSION_test.csv"):
+    for name in ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv"):
         shutil.copy(ANN / "msrvtt" / name, folder / name)
     videos = [{"category": i % 20, "url": f"https://www.youtube.com/watch?v=x{i}",
                "video_id": f"video{i}", "start time": 1.0, "end time": 11.0,
@@ -159,7 +164,13 @@ def msrvtt_source(tmp_path_factory) -> Path:
 
 
 def test_msrvtt_train_9k_and_7k(msrvtt_source):
-    nine = load(MSRVTT(), msrvtt_source, "train")
+    val_csv = {line.strip() for line in (ANN / "msrvtt" / "MSRVTT_val.full.csv").read_text().split()[1:]}
+    listed = (ANN / "msrvtt" / "MSRVTT_train.9k.csv").read_text().split()[1:]
+    assert len(listed) == 9000 and val_csv <= set(listed)  # the 9k list holds every val video
+    default = load(MSRVTT(), msrvtt_source, "train")
+    assert [v.video_id for v in default.videos] == [i for i in listed if i not in val_csv]
+    assert len(default.videos) == 8503 and default.num_captions == 8503 * 20
+    nine = load(MSRVTT(paper_splits=True), msrvtt_source, "train")  # the paper's setting
     assert nine.protocol == "multi" and nine.problems == []
     assert len(nine.videos) == 9000 and nine.num_captions == 180_000
     assert nine.videos[0].video_id == "video0" and nine.videos[-1].video_id == "video9999"
@@ -168,19 +179,28 @@ def test_msrvtt_train_9k_and_7k(msrvtt_source):
     data = json.loads((msrvtt_source / "msrvtt_data" / "MSRVTT_data.json").read_text())
     expected = tuple(s["caption"] for s in data["sentences"] if s["video_id"] == "video0")
     assert nine.videos[0].captions == expected
-    seven = load(MSRVTT(train_list="7k"), msrvtt_source, "train")
+    seven = load(MSRVTT(train_list="7k", paper_splits=True), msrvtt_source, "train")
     assert len(seven.videos) == 7010 and seven.num_captions == 140_200
     assert [v.video_id for v in seven.videos[:3]] == ["video0", "video1000", "video1001"]
     assert {v.video_id for v in seven.videos} <= {v.video_id for v in nine.videos}
+    # 7k without the val videos is exactly the official train split, video0 to video6512
+    seven_held = load(MSRVTT(train_list="7k"), msrvtt_source, "train")
+    assert sorted(v.video_id for v in seven_held.videos) == sorted(f"video{i}" for i in range(6513))
     test_ids = {v.video_id for v in load(MSRVTT(), ANN / "msrvtt", "test").videos}
     assert not test_ids & {v.video_id for v in nine.videos}
 
 
-def test_msrvtt_val_is_the_official_497_videos(msrvtt_source):
+def test_msrvtt_val_is_the_official_497_videos(msrvtt_source, tmp_path):
+    # from msrvtt_data.zip alone: videos[].split == "validate" in MSRVTT_data.json
+    assert not list(msrvtt_source.rglob("MSRVTT_val.full.csv"))
     val = load(MSRVTT(), msrvtt_source, "val")
     assert val.protocol == "multi" and val.problems == []
     assert [v.video_id for v in val.videos] == [f"video{i}" for i in range(6513, 7010)]
     assert val.num_captions == 497 * 20
+    # the separately distributed val list names the same 497 videos
+    listed = (ANN / "msrvtt" / "MSRVTT_val.full.csv").read_text().split()[1:]
+    assert listed == [v.video_id for v in val.videos]
+    assert MSRVTT().annotation_files("val") == ["MSRVTT_data.json"]
 
 
 # ---------------------------------------------------------------------------------- MSVD
@@ -224,21 +244,22 @@ def test_lsmdc_public_test_1000():
 
 
 # --------------------------------------------------------------------------- ActivityNet
-def test_activitynet_val_and_test_are_val_1():
-    val = load(ActivityNet(), ANN / "activitynet", "val")
+def test_activitynet_test_is_val_1_and_paper_val_is_the_test_set():
+    val = load(ActivityNet(paper_splits=True), ANN / "activitynet", "val")
     test = load(ActivityNet(), ANN / "activitynet", "test")
-    assert val.videos == test.videos and val.protocol == "paragraph"
+    assert val.videos == test.videos and val.protocol == "paragraph"  # what paper_splits gives up
+    assert ActivityNet().annotation_files("val") == ["train.json", "train_ids.json"]
     val_ids = json.loads((ANN / "activitynet" / "val_ids.json").read_text())
     val_1 = json.loads((ANN / "activitynet" / "val_1.json").read_text())
     assert len(val_ids) == 4926 and len(val_1) == 4917
     assert set(val_1) <= set(val_ids)  # every val_1 video is in val_ids
-    assert len(val.videos) == 4917 and val.num_captions == 4917
-    missing = [p.item for p in val.problems]
-    assert reasons(val) == {"missing-annotation": 9}
+    assert len(test.videos) == 4917 and test.num_captions == 4917
+    missing = [p.item for p in test.problems]
+    assert reasons(test) == {"missing-annotation": 9}
     assert missing == ["v_UBQfURrVB_Y", "v_5F4jcV8dHVs", "v_jqYzz6YoMEY", "v__tRAypMWUdc",
                        "v_f-Cf16fQTB4", "v_b8pCuIPzb3o", "v_G_US7iMc6Y4", "v_Vre3tO7xV98",
                        "v_4G2jW3hbiO4"]
-    first = val.videos[0]
+    first = test.videos[0]
     assert first.video_id == "JDg--pjY5gg"  # "v_" dropped, as the video files are named
     assert first.captions == (
         "A man in a red shirt talks to a camera before the camera cuts away to a room full of "
@@ -246,11 +267,11 @@ def test_activitynet_val_and_test_are_val_1():
         "talking again interspersed with people playing beer pong, winning beer pong trophies "
         "and posing with him for still shots. Several people hold up award cards, hug and cheer "
         "before one last interview with the man and a fade out to marketing material.",)
-    assert val.videos[-1].video_id == "t0ZuC58UIOM"
-    assert val.videos[-1].captions == ("People are chasing a brown bull. The bull collides and "
+    assert test.videos[-1].video_id == "t0ZuC58UIOM"
+    assert test.videos[-1].captions == ("People are chasing a brown bull. The bull collides and "
                                        "locks horns with black bull. The bulls fight, while people look on.",)
     # every paragraph: its sentences in file order, whitespace collapsed, one space between
-    by_id = {v.video_id: v.captions[0] for v in val.videos}
+    by_id = {v.video_id: v.captions[0] for v in test.videos}
     for key, video in val_1.items():
         assert by_id[key[2:]] == " ".join(" ".join(s.split()) for s in video["sentences"])
     assert by_id["BtrGC6PUPJk"].startswith("The group is performing martial arts")
@@ -269,7 +290,7 @@ def test_activitynet_train_ids_and_small_train_json(tmp_path):
         covered[2]: {"duration": 5.0, "timestamps": [[0, 5]], "sentences": ["   "]},
         "v_notlisted": {"duration": 5.0, "timestamps": [[0, 5]], "sentences": ["Ignored."]},
     }))
-    ann = ActivityNet().load_split(tmp_path, "train")
+    ann = ActivityNet(paper_splits=True).load_split(tmp_path, "train")
     assert [v.video_id for v in ann.videos] == [covered[0][2:], covered[1][2:]]
     assert ann.videos[0].captions == ("A man walks in. He sits down.",)
     assert reasons(ann) == {"missing-annotation": 10021, "empty-caption": 1, "no-captions": 1}
@@ -337,6 +358,6 @@ def test_files_found_in_sub_folders_and_resolved(tmp_path):
     (tmp_path / "anns").mkdir()
     shutil.copy(ANN / "lsmdc" / "LSMDC16_challenge_1000_publictect.csv", tmp_path / "anns")
     assert len(LSMDC().load_split(tmp_path, "test").videos) == 1000
-    assert MSRVTT().annotation_files("val") == ["MSRVTT_val.full.csv", "MSRVTT_data.json"]
+    assert MSRVTT().annotation_files("val") == ["MSRVTT_data.json"]
     assert DiDeMo().annotation_files("test") == ["test_data.json", "test_list.txt"]
     assert ActivityNet().annotation_files("test") == ["val_1.json", "val_ids.json"]

@@ -69,8 +69,10 @@ def test_bad_videos_are_recorded_and_never_stop_the_run(tmp_path, fakevids):
     assert "Invalid data" in skipped[("train", "garbage")]["detail"]
     assert saved["problems"][0]["reason"] == "no-caption"
     info = json.loads((root / fakevids / "prepared.json").read_text())
-    assert info["splits"]["train"] == {"protocol": "single", "videos": 5, "ok": 1, "partial": 1, "skipped": 3,
-                                       "captions": 3, "frames": 3 + rows["broken"]["num_frames"]}
+    assert info["splits"]["train"] == {"protocol": "single", "videos": 5, "ready": 2, "ok": 1, "partial": 1,
+                                       "skipped": 3, "captions": 3, "frames": 3 + rows["broken"]["num_frames"],
+                                       "shared_videos": {"test": 1}}  # good1 is listed by both splits
+    assert info["splits"]["test"]["shared_videos"] == {"train": 1} and train.shared == {"test": 1}
     assert info["decoder"]["sampling_rule"] and info["fps"] == 1.0 and info["short_side"] == 32
 
 

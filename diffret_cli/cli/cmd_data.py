@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from typing import Any
 
@@ -57,9 +56,11 @@ _EXAMPLES_PREPARE_CMD = """\b
 Examples:
   diffret data prepare synthetic --option num_train=200
   diffret data prepare msrvtt --source ~/datasets/MSRVTT --workers 8
+  diffret data prepare msrvtt --source ~/datasets/MSRVTT --option paper_splits=true
   diffret data prepare msvd --source ./msvd --split test --fps 1 --short-side 224
   diffret data prepare lsmdc --source /data/LSMDC      # LSMDC has no public download
   DIFFRET_DATA_ROOT=/scratch/diffret diffret data prepare didemo --source ./didemo
+  diffret data prepare didemo --source ./didemo_test_only --split test
 """
 
 
@@ -83,9 +84,12 @@ def prepare_cmd(name: str, source: str | None, data_root: str | None, fps: float
                 workers: int | None, splits: tuple[str, ...], options: tuple[str, ...], quiet: bool) -> None:
     """Decode, sample and cache the videos of dataset NAME; write its manifests.
 
+    Every requested split whose annotation files are in the source is prepared; the
+    others are listed with where to get their files (it fails only when none can be).
     Bad videos (missing, empty, corrupt) are skipped and listed with their reason in
     <data-root>/NAME/prepare_report.json; they never stop the run. Re-running resumes:
-    videos already cached with the same settings are not decoded again.
+    videos already cached with the same settings (and an intact checksum) are not
+    decoded again. Ctrl-C, SIGTERM and kill -9 leave no worker process behind.
     """
     from diffret_cli.data.prepare import prepare, summary_table
 
@@ -106,57 +110,24 @@ def prepare_cmd(name: str, source: str | None, data_root: str | None, fps: float
     if report.problems:
         console.print(f"[yellow]{len(report.problems)} annotation problem(s)[/yellow] "
                       "(ids without captions, empty captions, ...)")
+    if report.repaired:
+        console.print(f"{len(report.repaired)} damaged cache file(s) decoded again", highlight=False)
+    for split, summary in report.splits.items():
+        overlap = {k: v for k, v in summary.shared.items() if v}
+        if overlap:
+            console.print(f"[yellow]warning[/yellow]: {split} shares videos with "
+                          + ", ".join(f"{k} ({v})" for k, v in overlap.items())
+                          + ": scores on one of them are not held-out", highlight=False, soft_wrap=True)
+    for a in report.absent:
+        console.print(f"[yellow]not prepared[/yellow]: split {a.split!r}, missing {', '.join(a.files)}",
+                      highlight=False, soft_wrap=True)
+        if a.hint:
+            console.print(f"  get it: {a.hint}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"  then:   {a.command}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {report.report_path}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------- info
-def _stats(values: list[float], *, total: bool = False, digits: int = 2) -> dict[str, float] | None:
-    if not values:
-        return None
-    out = {"min": round(min(values), digits), "max": round(max(values), digits),
-           "mean": round(statistics.fmean(values), digits), "median": round(statistics.median(values), digits)}
-    if total:
-        out["total"] = round(sum(values), digits)
-    return out
-
-
-def dataset_info(name: str, data_root: str | None) -> dict[str, Any]:
-    """What ``diffret data info --json`` prints: settings and per-split statistics."""
-    from diffret_cli.data.manifest import USABLE, PreparedDataset, reason_code
-
-    ds = PreparedDataset.open(data_root, name)
-    out: dict[str, Any] = {
-        "dataset": ds.name, "root": str(ds.root), "created": ds.info.get("created"),
-        "fps": ds.fps, "short_side": ds.short_side, "protocol": ds.protocol,
-        "plugin_config": ds.info.get("plugin_config", {}), "plugin_version": ds.info.get("plugin_version"),
-        "decoder": ds.info.get("decoder", {}), "splits": {},
-    }
-    for split in ds.splits:
-        rows = ds.split(split).rows()
-        ready = [r for r in rows if r["status"] in USABLE]
-        skipped = [r for r in rows if r["status"] == "skipped"]
-        by_reason: dict[str, int] = {}
-        for r in skipped:
-            code = reason_code(r["reason"])
-            by_reason[code] = by_reason.get(code, 0) + 1
-        words = [len(c.split()) for r in ready for c in r["captions"]]
-        out["splits"][split] = {
-            "protocol": ds.split(split).protocol,
-            "videos": len(rows),
-            "ready": len(ready),
-            "ok": sum(r["status"] == "ok" for r in rows),
-            "partial": sum(r["status"] == "partial" for r in rows),
-            "skipped": len(skipped),
-            "skipped_by_reason": dict(sorted(by_reason.items())),
-            "skipped_items": [{"video_id": r["video_id"], "reason": r["reason"]} for r in skipped],
-            "captions": sum(len(r["captions"]) for r in ready),
-            "caption_words": _stats([float(w) for w in words]),
-            "duration_s": _stats([r["duration"] for r in ready if r["duration"] is not None], total=True),
-            "frames": _stats([float(r["num_frames"]) for r in ready], total=True),
-        }
-    return out
-
-
 _EXAMPLES_INFO_CMD = """\b
 Examples:
   diffret data info msrvtt
@@ -173,6 +144,8 @@ def info_cmd(name: str, data_root: str | None, as_json: bool) -> None:
     """Summarise prepared dataset NAME: per split videos ready, captions, skipped items
     with reasons, caption length (words) and duration statistics.
     """
+    from diffret_cli.data.status import dataset_info
+
     info = dataset_info(name, data_root)
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -184,23 +157,30 @@ def info_cmd(name: str, data_root: str | None, as_json: bool) -> None:
                   f"{info['fps']:g} fps, short side {info['short_side']}, protocol {info['protocol']})",
                   highlight=False)
     table = Table()
-    for col in ("split", "ready", "partial", "skipped", "captions", "words", "seconds", "frames"):
+    for col in ("split", "ready", "partial", "skipped", "captions", "words", "seconds", "frames", "shared"):
         table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
     reasons = []
     for split, s in info["splits"].items():
         w, d, f = s["caption_words"], s["duration_s"], s["frames"]
+        shared = sum(s["shared_videos"].values())
         table.add_row(split if s["protocol"] == info["protocol"] else f"{split} ({s['protocol']})",
                       str(s["ready"]), str(s["partial"]), str(s["skipped"]), str(s["captions"]),
                       f"{w['mean']:.1f}" if w else "-", f"{d['mean']:.1f}" if d else "-",
-                      f"{int(f['total'])}" if f else "0")
+                      f"{int(f['total'])}" if f else "0", f"[red]{shared}[/red]" if shared else "0")
         if s["skipped_by_reason"]:
             reasons.append(f"{split}: " + ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()))
     hours = sum(s["duration_s"]["total"] for s in info["splits"].values() if s["duration_s"]) / 3600
     table.caption = (f"words: mean per caption; seconds: mean per video ({hours:.2f} h in all); "
-                     "--json adds min/max/median")
+                     "shared: videos also listed by another split; --json adds min/max/median")
     if reasons:
         table.caption += "\nskipped by reason - " + "; ".join(reasons)
     console.print(table)
+    for split, s in info["splits"].items():
+        overlap = {k: v for k, v in s["shared_videos"].items() if v}
+        if overlap:
+            console.print(f"[yellow]warning[/yellow]: {split} shares videos with "
+                          + ", ".join(f"{k} ({v})" for k, v in overlap.items())
+                          + ": scores on one of them are not held-out", highlight=False)
     for split, s in info["splits"].items():
         items = s["skipped_items"]
         if items:
@@ -213,29 +193,11 @@ def info_cmd(name: str, data_root: str | None, as_json: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- verify
-def verify_dataset(name: str, data_root: str | None, *, decode: bool = False) -> tuple[int, list[dict[str, str]]]:
-    """(files checked, problems) for prepared dataset ``name``; see ``diffret data verify``."""
-    from diffret_cli.data.manifest import USABLE, PreparedDataset
-
-    ds = PreparedDataset.open(data_root, name)
-    seen: dict[str, int] = {}
-    problems: list[dict[str, str]] = []
-    for split in ds.splits:
-        for r in ds.split(split).table.select_columns(["video_id", "status", "num_frames"]).to_list():
-            if r["status"] not in USABLE or r["video_id"] in seen:
-                continue
-            seen[r["video_id"]] = r["num_frames"]
-            problem = ds.cache.verify(r["video_id"], expected_frames=r["num_frames"], decode=decode)
-            if problem:
-                problems.append({"split": split, "video_id": r["video_id"], "problem": problem})
-    return len(seen), problems
-
-
 _EXAMPLES_VERIFY_CMD = """\b
 Examples:
   diffret data verify msrvtt
   diffret data verify synthetic --data-root ./data --decode
-  diffret data verify msvd || diffret data prepare msvd --source ./msvd   # repair
+  diffret data verify msvd --repair      # decode damaged files again
 """
 
 
@@ -245,12 +207,22 @@ Examples:
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=str), default=None, help=_DATA_ROOT_HELP)
 @click.option("--decode", is_flag=True, help="Also decode every frame (slower; the default checks "
                                               "structure, frame counts and a checksum of every file).")
-def verify_cmd(name: str, data_root: str | None, decode: bool) -> None:
+@click.option("--repair", is_flag=True, help="Decode the damaged videos again from the source recorded "
+                                              "at prepare time (intact files are kept), then check again.")
+@click.option("--workers", type=int, default=None, help="Decoding processes for --repair.")
+def verify_cmd(name: str, data_root: str | None, decode: bool, repair: bool, workers: int | None) -> None:
     """Re-check every cache file of NAME against its manifest: it exists, it is readable,
-    its checksum holds and its frame count matches. Exit code 1 with a list when not.
+    its checksum holds and its frame count matches. Exit code 1 with a list when not
+    (after --repair: when the repair did not fix everything).
     """
+    from diffret_cli.data.status import repair_dataset, verify_dataset
+
     checked, problems = verify_dataset(name, data_root, decode=decode)
     console = _console()
+    if problems and repair:
+        console.print(f"repairing {len(problems)} damaged cache file(s) of {name!r}", highlight=False)
+        repair_dataset(name, data_root, problems, workers=workers)
+        checked, problems = verify_dataset(name, data_root, decode=decode)
     if not problems:
         console.print(f"[green]ok[/green]: {checked} cache file(s) of {name!r} match their manifests")
         return
@@ -263,6 +235,7 @@ def verify_cmd(name: str, data_root: str | None, decode: bool) -> None:
     for p in problems:
         table.add_row(p["split"], p["video_id"], p["problem"])
     console.print(table)
-    console.print(f"fix: re-run `diffret data prepare {name}` (with the same --source) to rebuild them",
+    console.print(f"fix: `diffret data verify {name} --repair` decodes them again from the recorded source "
+                  f"(or re-run `diffret data prepare {name}` with the same --source)",
                   markup=False, soft_wrap=True)
     sys.exit(1)

@@ -3,8 +3,10 @@
 The pipeline, in the order that keeps failures cheap:
 
 1. resolve the plugin and the source folder (``--source``, else ``<root>/<name>/source``,
-   else the download path);
-2. parse **every** requested split first: a malformed annotation file raises
+   else the download path), and which requested splits have their annotation files
+   there; the others are listed (:class:`~diffret_cli.data.splits.AbsentSplit`) with
+   where to get them, and only a source with none of them is an error;
+2. parse **every** preparable split first: a malformed annotation file raises
    :class:`AnnotationError` before a single video is touched or a folder created;
 3. one work item per unique video, run in worker processes: locate the file, decode
    and sample it (``fps``, ``short_side``), write its frames to the cache atomically
@@ -15,8 +17,10 @@ The pipeline, in the order that keeps failures cheap:
    and ``prepare_report.json`` listing every skipped item and parser problem.
 
 Re-running is cheap and safe: videos whose cache file exists with the same settings
-and source file are reported as cached and not decoded again; the manifests come out
-the same. An interrupted run leaves only complete cache files behind.
+and source file, and still passes its checksum, are reported as cached and not decoded
+again (a damaged file is decoded again); the manifests come out the same. An
+interrupted run (Ctrl-C, SIGTERM, kill -9) leaves only complete cache files behind and
+no worker process running.
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ from diffret_cli.data.framecache import DEFAULT_QUALITY
 from diffret_cli.data.manifest import (USABLE, read_prepared_json, reason_code, write_prepared_json,
                                        write_split_manifest)
 from diffret_cli.data.paths import REPORT_JSON, dataset_dir, frames_dir, manifests_dir, source_dir
-from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, WorkerState, fingerprint,
-                                             init_worker, process_video, run_pool)
-from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
-from diffret_cli.errors import ConfigError, DiffretError
-from diffret_cli.fileio import atomic_write_text, is_temp_name
 from diffret_cli.data.plugin import DatasetPlugin
+from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, WorkerState, fingerprint,
+                                             init_worker, process_start_time, process_video, run_pool,
+                                             sigterm_as_interrupt)
+from diffret_cli.data.progress import PrepareProgress
+from diffret_cli.data.splits import AbsentSplit, check_splits, shared_videos
+from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
+from diffret_cli.errors import AnnotationError, ConfigError, DiffretError
+from diffret_cli.fileio import atomic_write_text, is_temp_name
 
 
 # ------------------------------------------------------------------------------ report
@@ -58,10 +65,17 @@ class SplitSummary:
     cached: int = 0  # usable videos found already in the cache (not decoded again)
     frames: int = 0
     problems: int = 0  # parser-level per-item problems
+    repaired: int = 0  # cached files that failed their checksum and were decoded again
+    shared: dict[str, int] = field(default_factory=dict)  # other split -> videos listed in both
 
     @property
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    @property
+    def ready(self) -> int:
+        """Usable videos (ok + partial): the same count ``diffret data info`` calls ready."""
+        return self.ok + self.partial
 
 
 @dataclass
@@ -82,11 +96,15 @@ class PrepareReport:
     seconds: float = 0.0
     report_path: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. fell back to in-process decoding
+    absent: list[AbsentSplit] = field(default_factory=list)  # requested splits without their files
+    repaired: list[dict[str, str]] = field(default_factory=list)  # video_id, problem (decoded again)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for name, s in self.splits.items():
             d["splits"][name]["skipped_total"] = s.num_skipped
+            d["splits"][name]["ready"] = s.ready
+        d["absent"] = [a.to_dict() for a in self.absent]
         return d
 
 
@@ -115,26 +133,6 @@ def _plugin_version(plugin: DatasetPlugin, name: str) -> str:
     if version == "-":
         version = str(getattr(plugin, "version", "-"))
     return version
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            frames = task.fields.get("frames", 0)
-            elapsed = task.elapsed or 0.0
-            fps = f" {frames / elapsed:.0f} frames/s" if elapsed > 0 and frames else ""
-            return Text(f"{speed:.1f} vid/s{fps}" if speed else "-", style="progress.data.speed")
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
 
 
 # ------------------------------------------------------------------------------ source
@@ -189,7 +187,13 @@ def source_root_under(base: Path, files: list[str]) -> Path | None:
 
 def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathLike | None,
                    splits: list[str], *, progress: bool) -> Path:
-    """The folder holding the dataset's files, downloading them if nothing is given or present."""
+    """The folder holding the dataset's files.
+
+    ``--source`` wins. Otherwise ``<root>/<name>/source`` is used when it holds the files
+    of every requested split, or of at least one (the rest are then reported absent
+    rather than downloaded: a user who placed some files there chose them); only when
+    it holds none are the files downloaded.
+    """
     files = _required_files(plugin, splits)
     if source is not None:
         src = Path(source).expanduser().absolute()
@@ -202,6 +206,10 @@ def resolve_source(plugin: DatasetPlugin, prepared: Path, source: str | os.PathL
     found = source_root_under(source_dir(prepared), files)
     if found is not None:
         return found
+    for split in splits:  # some splits' files are there: prepare those
+        some = source_root_under(source_dir(prepared), list(plugin.annotation_files(split)))
+        if some is not None and check_splits(plugin, some, [split])[0]:
+            return some
     from diffret_cli.data.download import fetch_sources
 
     fetched = fetch_sources(plugin, prepared, progress=progress)
@@ -238,9 +246,12 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                           f"available: {', '.join(plugin.splits)}", hint="pick splits from that list with --split")
     root = dataset_dir(data_root, name)
     src = resolve_source(plugin, root, source, wanted, progress=progress)
+    ready, absent = check_splits(plugin, src, wanted, name=name)
+    if not ready:
+        raise _nothing_to_prepare(name, src, absent)
 
     # 2. every split parsed before any video work (AnnotationError propagates from here).
-    annotations: dict[str, SplitAnnotations] = {s: plugin.load_split(src, s) for s in wanted}
+    annotations: dict[str, SplitAnnotations] = {s: plugin.load_split(src, s) for s in ready}
 
     # 3. unique videos across splits, first occurrence wins.
     unique: dict[str, VideoEntry] = {}
@@ -254,22 +265,18 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                                                       "the first listing is used")))
     generated = is_generated(plugin)
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root):
+    with _lock(root), sigterm_as_interrupt():
         _sweep_temp(frames_dir(root))
         state = WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
-                             fingerprint([name, plugin.config()]))
+                            fingerprint([name, plugin.config()]), owner_pid=os.getpid(),
+                            owner_start=process_start_time(os.getpid()))
         results: dict[str, dict[str, Any]] = {}
         notes: list[str] = []
         entries = list(unique.values())
-        with _progress(progress) as bar:
-            task = bar.add_task(f"prepare {name}", total=len(entries), frames=0)
-            frames_done = 0
-
+        with PrepareProgress(f"prepare {name}", len(entries), enabled=progress) as bar:
             def on_result(r: dict[str, Any]) -> None:
-                nonlocal frames_done
                 results[r["video_id"]] = r
-                frames_done += r["written"]
-                bar.update(task, advance=1, frames=frames_done)
+                bar.advance(frames=r["written"])
 
             if workers == 1 or len(entries) <= 1:
                 init_worker(state)
@@ -281,7 +288,7 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                 except WorkersUnavailable as exc:
                     note = f"worker processes could not start ({exc}); decoded in this process instead"
                     notes.append(note)
-                    bar.console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
+                    bar.note(f"[yellow]warning[/yellow]: {note}")
                     init_worker(state)
                     for e in entries:
                         if e.video_id not in results:
@@ -292,12 +299,27 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                                 fps=fps, short_side=short_side, quality=int(quality), generated=generated)
     report.seconds = time.perf_counter() - t0
     report.notes = notes
+    report.absent = absent
     report.videos = len(entries)
     report.cached = sum(1 for r in results.values() if r["cached"])
     report.decoded = sum(1 for r in results.values() if r["written"])
     report.frames_written = sum(r["written"] for r in results.values())
+    report.repaired = [{"video_id": r["video_id"], "problem": r["repaired"]}
+                       for r in results.values() if r.get("repaired")]
     atomic_write_text(Path(report.report_path), json.dumps(report.to_dict(), indent=2) + "\n")
     return report
+
+
+def _nothing_to_prepare(name: str, src: Path, absent: list[AbsentSplit]) -> AnnotationError:
+    """The error for a source that holds no requested split's files: each split's cause."""
+    lines = [f"  {a.split}: {a.message}" for a in absent]
+    hints = list(dict.fromkeys(a.hint for a in absent if a.hint))
+    which = ", ".join(a.split for a in absent)
+    return AnnotationError(
+        f"{name}: no requested split ({which}) can be prepared from {src}:\n" + "\n".join(lines),
+        hint="; ".join(hints) + ("; " if hints else "")
+        + f"put the files under {src} (or pass --source DIR), and use --split to prepare only the "
+          "splits you have")
 
 
 def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
@@ -322,6 +344,7 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
                 summary.captions += len(e.captions)
                 summary.frames += r["num_frames"]
                 summary.cached += int(r["cached"])
+                summary.repaired += int(bool(r.get("repaired")))
             else:
                 code = reason_code(r["reason"])
                 summary.skipped[code] = summary.skipped.get(code, 0) + 1
@@ -348,9 +371,17 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
 
             shutil.rmtree(manifests_dir(root) / k, ignore_errors=True)
     for s, sm in summaries.items():
-        split_info[s] = {"protocol": sm.protocol, "videos": sm.videos, "ok": sm.ok, "partial": sm.partial,
-                         "skipped": sm.num_skipped, "captions": sm.captions, "frames": sm.frames}
+        split_info[s] = {"protocol": sm.protocol, "videos": sm.videos, "ready": sm.ready, "ok": sm.ok,
+                         "partial": sm.partial, "skipped": sm.num_skipped, "captions": sm.captions,
+                         "frames": sm.frames}
     split_info = {k: split_info[k] for k in [*plugin.splits, *sorted(split_info)] if k in split_info}
+    # videos listed by two splits, over every split the folder now holds (kept ones too)
+    ids = {k: [e.video_id for e in annotations[k].videos] if k in annotations else _manifest_ids(root, k)
+           for k in split_info}
+    for k, shared in shared_videos(ids).items():
+        split_info[k]["shared_videos"] = shared
+        if k in summaries:
+            summaries[k].shared = shared
     settings = {"fps": fps, "short_side": short_side, "codec": "png" if generated else "jpeg",
                 "jpeg_quality": quality}
     write_prepared_json(root, {
@@ -374,6 +405,13 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
     return PrepareReport(dataset=name, prepared_dir=str(root), source="" if generated else str(src),
                          settings=settings, splits=summaries, skipped=skipped, problems=problems,
                          report_path=str(root / REPORT_JSON))
+
+
+def _manifest_ids(root: Path, split: str) -> list[str]:
+    """Video ids of an already prepared split (a kept manifest)."""
+    import datasets
+
+    return list(datasets.load_from_disk(str(manifests_dir(root) / split))["video_id"])
 
 
 def _decoder_settings() -> dict[str, Any]:
@@ -426,16 +464,17 @@ def _sweep_temp(frames: Path) -> int:
 
 # ----------------------------------------------------------------------------- summary
 def summary_table(report: PrepareReport):
-    """A rich Table: per split, videos ok / partial / skipped (by reason, in the caption), captions."""
+    """A rich Table: per split, videos ready (ok + partial, as ``data info`` counts them) /
+    partial / skipped (by reason, in the caption), captions of ready videos, frames."""
     from rich.table import Table
 
     table = Table(title=f"{report.dataset}: prepared in {report.seconds:.1f} s "
                         f"({report.decoded} decoded, {report.cached} cached, {report.frames_written} frames written)")
-    for col in ("split", "protocol", "videos", "ok", "partial", "skipped", "captions", "frames"):
-        table.add_column(col, justify="left" if col in ("split", "protocol") else "right")
+    for col in ("split", "protocol", "videos", "ready", "partial", "skipped", "captions", "frames"):
+        table.add_column(col, justify="left" if col in ("split", "protocol") else "right", no_wrap=True)
     reasons = []
     for s in report.splits.values():
-        table.add_row(s.split, s.protocol, str(s.videos), str(s.ok), str(s.partial),
+        table.add_row(s.split, s.protocol, str(s.videos), str(s.ready), str(s.partial),
                       f"[red]{s.num_skipped}[/red]" if s.num_skipped else "0", str(s.captions), str(s.frames))
         if s.skipped:
             reasons.append(f"{s.split}: " + ", ".join(f"{k} {v}" for k, v in s.skipped.items()))

@@ -10,9 +10,15 @@ and writes the manifests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -46,25 +52,124 @@ class WorkerState:
     quality: int
     generated: bool
     plugin_fp: str
+    owner_pid: int = 0  # the process running ``prepare``; workers exit when it is gone
+    owner_start: str = ""  # its start time (from /proc), so a reused pid is not mistaken for it
 
 
 _STATE: WorkerState | None = None
 
 
 def init_worker(state: WorkerState) -> None:
+    """Set the worker's state; in a worker process, also tie its life to the owner's."""
     global _STATE
     _STATE = state
+    if state.owner_pid and state.owner_pid != os.getpid():
+        _die_with_owner(state.owner_pid, state.owner_start)
+
+
+# ---------------------------------------------------------------- worker lifetime
+# A worker must not outlive the ``prepare`` that started it, whatever ended that process
+# (Ctrl-C, SIGTERM, kill -9, a crash). With the forkserver start method the workers are
+# children of the fork server, not of ``prepare``; each holds the server's "alive" pipe
+# and the resource tracker's pipe open, so orphaned workers keep all three alive (1.7 GB
+# seen). Two guards, both in the worker: PR_SET_PDEATHSIG (Linux) kills it when its
+# parent dies, and a watchdog thread exits it within WATCH_INTERVAL_S of the owner's
+# death. Once the workers are gone the fork server and the tracker see EOF and exit.
+WATCH_INTERVAL_S = 0.5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def process_start_time(pid: int) -> str:
+    """The start time of ``pid`` in clock ticks since boot ("" where /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def process_alive(pid: int, start: str = "") -> bool:
+    """Whether ``pid`` is running and is the process that started at ``start`` (a zombie,
+    dead but not yet reaped by its parent, counts as gone)."""
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return False
+        if fields[0] in (b"Z", b"X"):
+            return False
+        return not start or fields[19].decode() == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _set_parent_death_signal() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc symbol: the watchdog alone still works
+        pass
+
+
+def _die_with_owner(pid: int, start: str) -> None:
+    _set_parent_death_signal()
+    if not process_alive(pid, start):  # the owner died before the guard was set
+        os._exit(1)
+
+    def watch() -> None:
+        while process_alive(pid, start):
+            time.sleep(WATCH_INTERVAL_S)
+        os._exit(1)  # no cleanup: cache files are written atomically, nothing is half-done
+
+    threading.Thread(target=watch, name="diffret-owner-watchdog", daemon=True).start()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt, so ``kill PID`` cleans up like
+    Ctrl-C (workers stopped, lock released, exit code 130). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _skip(video_id: str, code: str, detail: str = "", path: str = "") -> dict[str, Any]:
     return {"video_id": video_id, "status": "skipped", "reason": code + (f": {detail}" if detail else ""),
-            "video_path": path, "duration": None, "num_frames": 0, "cached": False, "written": 0}
+            "video_path": path, "duration": None, "num_frames": 0, "cached": False, "written": 0, "repaired": ""}
 
 
 def _from_cache(video_id: str, item: CachedItem, path: str) -> dict[str, Any]:
     return {"video_id": video_id, "status": item.get("status", "ok"), "reason": item.get("reason", ""),
             "video_path": path, "duration": item.get("duration"), "num_frames": item.num_frames,
-            "cached": True, "written": 0}
+            "cached": True, "written": 0, "repaired": ""}
+
+
+def _intact(cache: FrameCache, video_id: str, item: CachedItem | None) -> tuple[bool, str]:
+    """(reusable, problem): a cached file is reused only when its checksum still holds; a
+    damaged one (a flipped bit, a truncated copy) is decoded again."""
+    if item is None:
+        return False, ""
+    problem = cache.verify(video_id, expected_frames=item.num_frames)
+    return problem is None, problem or ""
 
 
 def _settings_key(st: WorkerState, entry: VideoEntry, source_fp: str) -> dict[str, Any]:
@@ -101,8 +206,11 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     if st.generated:
         key = _settings_key(st, entry, fingerprint([st.plugin_fp, entry.to_dict()]))
         item = cache.info(vid)
+        repaired = ""
         if _is_current(item, key):
-            return _from_cache(vid, item, "")
+            ok, repaired = _intact(cache, vid, item)
+            if ok:
+                return _from_cache(vid, item, "")
         try:
             frames = st.plugin.generate(entry)
         except DiffretError as exc:
@@ -116,7 +224,7 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
         meta = {**key, "status": "ok", "reason": "", "duration": len(frames) / rate, "backend": "generated"}
         cache.write(vid, frames, ts, metadata=meta)
         return {"video_id": vid, "status": "ok", "reason": "", "video_path": "", "duration": meta["duration"],
-                "num_frames": len(frames), "cached": False, "written": len(frames)}
+                "num_frames": len(frames), "cached": False, "written": len(frames), "repaired": repaired}
 
     try:
         path = st.plugin.locate_video(st.source, entry)
@@ -132,8 +240,11 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
 
     key = {**_settings_key(st, entry, fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
     item = cache.info(vid)
+    repaired = ""
     if _is_current(item, key):
-        return _from_cache(vid, item, str(path))
+        ok, repaired = _intact(cache, vid, item)
+        if ok:
+            return _from_cache(vid, item, str(path))
     try:
         dec = decode_sampled(path, fps=st.fps, short_side=st.short_side, start=entry.start, end=entry.end,
                              min_frames=1)
@@ -158,7 +269,7 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
             "warnings": [str(w) for w in dec.warnings]}
     cache.write(vid, frames, dec.timestamps, metadata=meta)
     return {"video_id": vid, "status": status, "reason": reason, "video_path": str(path), "duration": duration,
-            "num_frames": len(frames), "cached": False, "written": len(frames)}
+            "num_frames": len(frames), "cached": False, "written": len(frames), "repaired": repaired}
 
 
 def _span(dec: Any, entry: VideoEntry) -> float | None:

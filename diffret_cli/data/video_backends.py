@@ -47,6 +47,12 @@ def decord_module() -> Any | None:
         import decord  # noqa: PLC0415 - optional, imported on use
     except Exception:  # ImportError, or OSError from a broken shared library
         return None
+    try:
+        # decord's bundled FFmpeg prints "[h264 @ 0x...]" lines straight to stderr; every
+        # failure it reports also comes back as an exception, recorded in the warnings.
+        decord.logging.set_level(decord.logging.QUIET)
+    except Exception:  # noqa: BLE001 - an older decord without the logging module
+        pass
     return decord
 
 
@@ -69,6 +75,7 @@ class _Header:
     frames: int | None
     expected_end: float | None  # seconds, header's idea of the video's end
     expected_tol: float  # how far short of it a stream may end before it is "partial"
+    declared_end: float | None = None  # frames / nominal fps: what the frame count declares
 
 
 def _open_pyav(path: Path):
@@ -105,20 +112,32 @@ def _header(container, stream) -> _Header:
         # container duration includes audio, which may outlast the picture: be lenient
         end = container.duration / 1_000_000
         tol = max(1.0, 0.05 * end)
+    frames = stream.frames or None
+    # A truncated AVI keeps its header: 164 frames declared, a stream duration computed
+    # from the few packets left. The declared count is the better witness of the length.
+    declared = frames / fps if frames and fps else None
     return _Header(codec=cc.name, width=stream.width or cc.width,
-                   height=stream.height or cc.height, nominal_fps=fps, frames=stream.frames or None, expected_end=end,
-                   expected_tol=tol)
+                   height=stream.height or cc.height, nominal_fps=fps, frames=frames, expected_end=end,
+                   expected_tol=tol if end is not None else max(0.5, 2.5 / fps if fps else 0.5),
+                   declared_end=declared)
 
 
-def _shortfall(header: _Header, coverage_end: float, wanted_end: float) -> str | None:
-    """A warning when the stream ends well before the header (or clip end) says."""
-    if header.expected_end is None:
+def _shortfall(header: _Header, coverage_end: float, wanted_end: float, decoded: int | None) -> str | None:
+    """A warning when the stream ends well before the header (or clip end) says: by its
+    duration, or by its declared frame count at the nominal rate."""
+    ends = [e for e in (header.expected_end, header.declared_end) if e is not None]
+    if not ends:
         return None
-    need = min(header.expected_end, wanted_end)
-    if coverage_end < need - header.expected_tol:
-        return (f"frames end at {coverage_end:.2f} s but the header says the video runs to "
-                f"{header.expected_end:.2f} s: the file is probably truncated")
-    return None
+    end = max(ends)
+    if coverage_end >= min(end, wanted_end) - header.expected_tol:
+        return None
+    got = f" ({decoded} frame(s) decoded)" if decoded is not None else ""
+    if header.declared_end is not None and end == header.declared_end:
+        said = (f"the header declares {header.frames} frames ({header.declared_end:.2f} s at "
+                f"{header.nominal_fps:g} fps)")
+    else:
+        said = f"the header says the video runs to {end:.2f} s"
+    return f"frames end at {coverage_end:.2f} s{got} but {said}: the file is probably truncated"
 
 
 def _pyav_first_rotation(container, stream) -> int:
@@ -262,7 +281,7 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
         if not st["stop"] and st["last_ts"] is not None:
             coverage_end = st["last_ts"] + st["last_dur"]
             selector.finish(coverage_end)
-            short = _shortfall(header, coverage_end, plan.end)
+            short = _shortfall(header, coverage_end, plan.end, st["seq"] if plan.start == 0 else None)
             if short:
                 warnings.append(short)
         return _Pass(selector=selector, header=header, geometry=geometry, count=st["seq"],
@@ -339,7 +358,7 @@ def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, sal
     out = output_size(w, h, short_side)
     warnings: list[str] = []
     partial = False
-    short = _shortfall(header, coverage_end, plan.end)
+    short = _shortfall(header, coverage_end, plan.end, n)
     if short:
         partial = True
         warnings.append(short)

@@ -1,0 +1,123 @@
+"""Progress of ``diffret data prepare``, readable in a terminal of any width and in a log.
+
+In a terminal: a live bar whose columns are chosen to fit the width (a narrow terminal
+drops the bar and the rate, never cuts a number in half). Elsewhere (a file, a pipe, a
+CI log) a live bar would be one cut-off frame, so plain lines are printed instead: one
+at the start, one every tenth of the work (or every 30 s), one at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class PrepareProgress:
+    """Context manager: ``advance(frames=n)`` once per finished video; ``note(text)``
+    prints a message without breaking the bar. ``enabled=False`` prints nothing."""
+
+    #: plain-line mode prints at most this often, unless a tenth of the work is done
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, description: str, total: int, *, enabled: bool = True, console: Any = None):
+        from rich.console import Console
+
+        self.description, self.total, self.enabled = description, int(total), enabled
+        self.console = console or Console(stderr=True)
+        self.done = 0
+        self.frames = 0
+        self._t0 = time.perf_counter()
+        self._last_log = 0.0
+        self._last_tenth = -1
+        self._live = None
+        self._task = None
+
+    # ------------------------------------------------------------------------ public
+    def __enter__(self) -> "PrepareProgress":
+        self._t0 = time.perf_counter()
+        if not self.enabled:
+            return self
+        if self.console.is_terminal:
+            self._live = self._bar()
+            self._live.__enter__()
+            self._task = self._live.add_task(self.description, total=self.total, frames=0)
+        else:
+            self._line()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+        elif self.enabled and exc[0] is None:
+            self._line(final=True)
+
+    def advance(self, *, frames: int = 0) -> None:
+        self.done += 1
+        self.frames += int(frames)
+        if self._live is not None:
+            self._live.update(self._task, advance=1, frames=self.frames)
+        elif self.enabled:
+            tenth = self.done * 10 // max(1, self.total)
+            now = time.perf_counter()
+            if self.done < self.total and (tenth > self._last_tenth or now - self._last_log >= self.LOG_EVERY_S):
+                self._line()
+
+    def note(self, text: str) -> None:
+        """A message (a warning) printed above the bar, or as a line of its own."""
+        if self.enabled or self._live is not None:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    # ---------------------------------------------------------------------- internals
+    def status(self) -> str:
+        """One self-contained line: done/total, rates, elapsed and remaining time."""
+        elapsed = time.perf_counter() - self._t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else None
+        pct = 100 * self.done // max(1, self.total)
+        fps = self.frames / elapsed if elapsed > 0 else 0.0
+        return (f"{self.description}: {self.done}/{self.total} videos ({pct}%), {rate:.1f} videos/s, "
+                f"{fps:.0f} frames/s, elapsed {_clock(elapsed)}, eta {_clock(left if self.done else None)}")
+
+    def _line(self, final: bool = False) -> None:
+        self._last_log = time.perf_counter()
+        self._last_tenth = self.done * 10 // max(1, self.total)
+        self.console.print(self.status() + (" - done" if final else ""), highlight=False, soft_wrap=True,
+                           markup=False)
+
+    def _bar(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.table import Column
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = task.finished_speed or task.speed
+                elapsed = task.elapsed or 0.0
+                frames = task.fields.get("frames", 0)
+                fps = f" {frames / elapsed:.0f} fr/s" if elapsed > 0 and frames else ""
+                return Text(f"{speed:.1f} vid/s{fps}" if speed else "-", style="progress.data.speed")
+
+        name = TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True))
+        count = MofNCompleteColumn(table_column=Column(no_wrap=True))
+        eta = TimeRemainingColumn(table_column=Column(no_wrap=True))
+        width = self.console.width
+        # description, count and eta always; rate, elapsed and bar as room allows (no column wraps)
+        need = len(self.description) + 2 * len(str(self.total)) + 14
+        columns: list[Any] = [name]
+        if width >= need + 44:
+            columns.append(BarColumn(bar_width=max(10, min(40, width - need - 44))))
+        columns.append(count)
+        if width >= need + 22:
+            columns.append(RateColumn(table_column=Column(no_wrap=True)))
+        if width >= need + 32:
+            columns.append(TimeElapsedColumn(table_column=Column(no_wrap=True)))
+        columns += [TextColumn("eta", table_column=Column(no_wrap=True)), eta]
+        return Progress(*columns, console=self.console)
