@@ -78,15 +78,16 @@ def test_ranks_do_not_depend_on_order(model):
     assert ra["num_captions"] == 9 and ra["num_videos"] == V
 
 
-def test_t2v_ranks_with_ties_count_strictly_higher():
-    t2v = torch.tensor([[0.9, 0.5, 0.9, 0.1],   # gt 0 ties with video 2 -> rank 1
-                        [0.2, 0.2, 0.2, 0.2],   # all tied -> rank 1
+def test_t2v_ranks_with_ties_are_expected_ranks():
+    # h higher, t tied: expected rank 1 + h + t/2, R@1 min(1, max(0, (1 - h) / (t + 1)))
+    t2v = torch.tensor([[0.9, 0.5, 0.9, 0.1],   # gt 0 ties with video 2 -> rank 1.5, R@1 1/2
+                        [0.2, 0.2, 0.2, 0.2],   # all tied -> rank 2.5, R@1 1/4
                         [0.3, 0.8, 0.1, 0.8],   # gt 2: three higher -> rank 4
-                        [0.5, 0.6, 0.7, 0.6]])  # gt 3 (0.6): one strictly higher -> rank 2
+                        [0.5, 0.6, 0.7, 0.6]])  # gt 3 (0.6): one higher, one tied -> rank 2.5, R@1 0
     cv = np.array([0, 1, 2, 3])
-    np.testing.assert_array_equal(t2v_ranks(t2v, cv), [1, 1, 4, 2])
+    np.testing.assert_array_equal(t2v_ranks(t2v, cv), [1.5, 2.5, 4, 2.5])
     m = retrieval_metrics(t2v, t2v.t(), cv)["t2v"]
-    assert m["R@1"] == 50.0 and m["R@5"] == 100.0 and m["MdR"] == 1.5 and m["MnR"] == 2.0
+    assert m["R@1"] == 18.75 and m["R@5"] == 100.0 and m["MdR"] == 2.5 and m["MnR"] == 2.625
     assert m["queries"] == 4
 
 
@@ -95,21 +96,21 @@ def test_multi_caption_protocol_hand_computed():
     cv = np.array([0, 0, 1, 2, 2, 2])
     t2v = torch.tensor([[0.9, 0.1, 0.2],    # rank 1
                         [0.3, 0.4, 0.5],    # rank 3
-                        [0.6, 0.6, 0.1],    # tie with video 0 -> rank 1
+                        [0.6, 0.6, 0.1],    # tie with video 0 -> rank 1.5
                         [0.1, 0.2, 0.3],    # rank 1
                         [0.5, 0.9, 0.2],    # rank 3
                         [0.2, 0.7, 0.4]])   # rank 2
-    np.testing.assert_array_equal(t2v_ranks(t2v, cv), [1, 3, 1, 1, 3, 2])
+    np.testing.assert_array_equal(t2v_ranks(t2v, cv), [1, 3, 1.5, 1, 3, 2])
     # v2t [V, C]: a caption group scores by its best caption
     v2t = torch.tensor([[0.1, 0.2, 0.9, 0.3, 0.1, 0.1],   # groups (0.2, 0.9, 0.3) -> rank 3
-                        [0.5, 0.1, 0.5, 0.2, 0.1, 0.4],   # (0.5, 0.5, 0.4) tie -> rank 1
+                        [0.5, 0.1, 0.5, 0.2, 0.1, 0.4],   # (0.5, 0.5, 0.4) tie -> rank 1.5
                         [0.1, 0.1, 0.1, 0.0, 0.8, 0.0]])  # (0.1, 0.1, 0.8) -> rank 1
-    np.testing.assert_array_equal(v2t_ranks(v2t, cv), [3, 1, 1])
+    np.testing.assert_array_equal(v2t_ranks(v2t, cv), [3, 1.5, 1])
     m = retrieval_metrics(t2v, v2t, cv)
     assert m["t2v"]["queries"] == 6 and m["v2t"]["queries"] == 3
-    assert m["t2v"]["R@1"] == pytest.approx(50.0) and m["t2v"]["MdR"] == 1.0  # lower middle of 1,1,1,2,3,3
-    assert m["t2v"]["MnR"] == pytest.approx(11 / 6)
-    assert m["v2t"]["R@1"] == pytest.approx(200 / 3) and m["v2t"]["MdR"] == 1.0
+    assert m["t2v"]["R@1"] == pytest.approx(250 / 6) and m["t2v"]["MdR"] == 1.5  # lower middle of 1,1,1.5,2,3,3
+    assert m["t2v"]["MnR"] == pytest.approx(11.5 / 6)
+    assert m["v2t"]["R@1"] == pytest.approx(50.0) and m["v2t"]["MdR"] == 1.5
 
 
 def test_query_counts_never_exceed_captions():
