@@ -143,14 +143,17 @@ class DiffusionRet(nn.Module):
     def generation_loss(self, text_cls: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor, *,
                         queries: torch.Tensor, cand_v: torch.Tensor, cand_t: torch.Tensor,
                         generator: torch.Generator | None, kind: str = "kl", temp: float = 100.0,
-                        negative_value: float = 0.0) -> tuple[torch.Tensor, dict]:
+                        negative_value: float = 0.0, valid_v: torch.Tensor | None = None,
+                        valid_t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The stage-2 objective (paper section 3.4): each denoiser learns to generate,
         from noise, the one-hot distribution over a query's candidates (the positive at
         index 0, then its hard negatives).
 
         ``text_cls`` [N,D], ``video_frames`` [N,T,D], ``video_mask`` [N,T] are the features
         of the global batch (pair i = caption i and its video); ``queries`` [B] the rows of
-        this rank; ``cand_v`` / ``cand_t`` [B,K] the candidate videos / captions of each.
+        this rank; ``cand_v`` / ``cand_t`` [B,K] the candidate videos / captions of each;
+        ``valid_v`` / ``valid_t`` [B,K] bool, the slots the loss counts (padding slots of
+        :func:`~diffret_cli.losses.hard_negative_candidates` are left out).
         Returns (loss, {"loss_t2v", "loss_v2t"})."""
         from diffret_cli.losses import generation_loss
 
@@ -162,9 +165,9 @@ class DiffusionRet(nn.Module):
         n2 = torch.randn((b, k), generator=generator).to(dev)
         common = dict(kind=kind, temp=temp, negative_value=negative_value, t=t)
         l_t2v, _ = generation_loss(self.denoiser_t2v, coef, text=text_cls[queries], video=video_frames[cand_v],
-                                   video_mask=video_mask[cand_v], noise=n1, **common)
+                                   video_mask=video_mask[cand_v], noise=n1, candidate_mask=valid_v, **common)
         l_v2t, _ = generation_loss(self.denoiser_v2t, coef, text=text_cls[cand_t], video=video_frames[queries],
-                                   video_mask=video_mask[queries], noise=n2, **common)
+                                   video_mask=video_mask[queries], noise=n2, candidate_mask=valid_t, **common)
         return l_t2v + l_v2t, {"loss_t2v": l_t2v.detach(), "loss_v2t": l_v2t.detach()}
 
     def _training_schedule(self):
