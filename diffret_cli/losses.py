@@ -63,6 +63,28 @@ def generation_loss(denoiser, coef: DiffusionCoefficients, *, text, video, video
             x0_hat)
 
 
+def generation_loss_indexed(denoiser, coef: DiffusionCoefficients, *, text, video, video_mask,
+                            query_index: torch.Tensor, cand_index: torch.Tensor, t: torch.Tensor,
+                            noise: torch.Tensor, kind: str = "kl", temp: float = 100.0,
+                            negative_value: float = 0.0,
+                            candidate_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`generation_loss` on unique features plus indices, through the denoiser's
+    ``forward_indexed``: ``text`` [N,D], ``video`` [M,T,D], ``video_mask`` [M,T];
+    ``query_index`` [B] and ``cand_index`` [B,K] (positive first) index the query and the
+    candidate modality of the denoiser's direction (t2v: texts / videos; v2t: videos /
+    texts). Same loss and gradients as :func:`generation_loss` on the gathered features,
+    within float32 rounding, without the [B,K,T,D] gather.
+
+    Returns (loss, x0_hat)."""
+    x0 = one_hot_target(noise.shape[0], noise.shape[1], negative_value=negative_value,
+                        device=noise.device).to(noise.dtype)
+    x_t = coef.q_sample(x0, t, noise)
+    x0_hat = denoiser.forward_indexed(x_t, t, text=text, video=video, video_mask=video_mask,
+                                      query_index=query_index, cand_index=cand_index)
+    return (generation_loss_from_output(x0_hat, x0, kind=kind, temp=temp, candidate_mask=candidate_mask),
+            x0_hat)
+
+
 #: ``stage2.hard_negatives``: how a query's K-1 negatives are chosen from the global batch.
 HARD_NEGATIVE_MODES = ("exclusive", "official")
 
