@@ -121,21 +121,32 @@ def record_arrays(chunks: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np
     return rows[order], cand[order], samples[order]
 
 
-def direction_diagnostics(*, before: np.ndarray, after: np.ndarray, is_gt: np.ndarray,
+def direction_diagnostics(*, before: np.ndarray, after: np.ndarray, is_gt: np.ndarray | None,
                           samples: np.ndarray | None) -> dict[str, Any]:
     """One direction's diagnostics from ranks before/after, the candidates' ground-truth mask
-    [Q,K] and the samples [Q,K] (None, or an embedding-shaped state of a truncated sampler,
-    leaves ``sample`` out)."""
-    out = {"moves": rank_moves(before, after), "ceiling": topk_ceiling(is_gt)}
-    if samples is not None and np.shape(samples) == np.shape(is_gt):
-        out["sample"] = sample_accuracy(samples, is_gt)
-    else:
-        out["sample"] = None
+    [Q,K] and the samples [Q,K]. ``is_gt`` None (no shortlist: a family that rescores the
+    whole gallery) leaves ``ceiling`` and ``sample`` None; ``samples`` None, or shaped
+    otherwise (the query embedding of a truncated sampler), leaves ``sample`` None."""
+    out: dict[str, Any] = {"moves": rank_moves(before, after), "ceiling": None, "sample": None}
+    if is_gt is not None:
+        out["ceiling"] = topk_ceiling(is_gt)
+        if samples is not None and np.shape(samples) == np.shape(is_gt):
+            out["sample"] = sample_accuracy(samples, is_gt)
     return out
 
 
-def _candidates(scores: torch.Tensor, k: int) -> np.ndarray:
-    return scores.topk(min(k, scores.shape[1]), dim=1, sorted=True).indices.cpu().numpy()
+def _shortlist(scores: torch.Tensor, direction: str, record: dict | None,
+               topk: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(candidates [Q,K], samples) of one direction: from the record when it has that
+    direction, else stage 1's top ``topk``, else (None, None)."""
+    if record is not None and record.get(direction):
+        rows, cand, samples = record_arrays(record[direction])
+        if not np.array_equal(rows, np.arange(scores.shape[0])):
+            raise ValueError(f"the {direction} record does not cover each of the {scores.shape[0]} queries once")
+        return cand, samples
+    if topk is not None:
+        return scores.topk(min(topk, scores.shape[1]), dim=1, sorted=True).indices.cpu().numpy(), None
+    return None, None
 
 
 def rerank_diagnostics(scores: torch.Tensor, fused: tuple[torch.Tensor, torch.Tensor],
@@ -143,11 +154,12 @@ def rerank_diagnostics(scores: torch.Tensor, fused: tuple[torch.Tensor, torch.Te
                        topk_t2v: int | None = None, topk_v2t: int | None = None) -> dict[str, Any]:
     """Both directions' diagnostics of one split.
 
-    ``scores``: stage-1 S [C,V] (captions x videos); ``fused``: what
-    :func:`diffret_cli.rerank.rerank` returns, (t2v [C,V], v2t [V,C]); ``caption_video``
-    [C]: each caption's video index; ``record``: the dict filled by ``rerank(...,
-    record=record)`` (candidates and samples per query). Without a record, candidates are
-    stage 1's top ``topk_t2v`` / ``topk_v2t`` and ``sample`` is None.
+    ``scores``: stage-1 S [C,V] (captions x videos); ``fused``: the generative scores
+    (t2v [C,V], v2t [V,C]) as ``model.rerank`` / :func:`diffret_cli.rerank.rerank` return
+    them; ``caption_video`` [C]: each caption's video index; ``record``: the dict filled by
+    ``rerank(..., record=record)`` (per direction, per chunk: rows, candidates, sample).
+    A direction missing from the record takes stage 1's top ``topk_t2v`` / ``topk_v2t`` as
+    its candidates (``sample`` None), or without those reports ``moves`` only.
 
     Returns ``{"t2v": {...}, "v2t": {...}}``, each with ``moves``, ``ceiling``, ``sample``.
     """
@@ -158,31 +170,18 @@ def rerank_diagnostics(scores: torch.Tensor, fused: tuple[torch.Tensor, torch.Te
     out: dict[str, Any] = {}
 
     # text to video: one ground-truth video per caption
-    if record is not None:
-        rows, cand, samples = record_arrays(record["t2v"])
-        if not np.array_equal(rows, np.arange(scores.shape[0])):
-            raise ValueError("the t2v record does not cover every caption once")
-    else:
-        if topk_t2v is None:
-            raise ValueError("give record= or topk_t2v=")
-        cand, samples = _candidates(scores, topk_t2v), None
+    cand, samples = _shortlist(scores, "t2v", record, topk_t2v)
     out["t2v"] = direction_diagnostics(before=t2v_ranks(scores, caption_video), after=t2v_ranks(t2v, caption_video),
-                                       is_gt=cand == caption_video[:, None], samples=samples)
+                                       is_gt=None if cand is None else cand == caption_video[:, None],
+                                       samples=samples)
 
     # video to text: a video is answered by any of its captions; videos without one are
     # no query (diffret_cli.metrics.v2t_ranks drops them the same way)
     sim_v2t = scores.t()
-    if record is not None:
-        rows, cand, samples = record_arrays(record["v2t"])
-        if not np.array_equal(rows, np.arange(num_videos)):
-            raise ValueError("the v2t record does not cover every video once")
-    else:
-        if topk_v2t is None:
-            raise ValueError("give record= or topk_v2t=")
-        cand, samples = _candidates(sim_v2t, topk_v2t), None
+    cand, samples = _shortlist(sim_v2t, "v2t", record, topk_v2t)
     has = np.zeros(num_videos, dtype=bool)
     has[caption_video] = True
-    is_gt = caption_video[cand] == np.arange(num_videos)[:, None]
+    is_gt = None if cand is None else (caption_video[cand] == np.arange(num_videos)[:, None])[has]
     out["v2t"] = direction_diagnostics(before=v2t_ranks(sim_v2t, caption_video), after=v2t_ranks(v2t, caption_video),
-                                       is_gt=is_gt[has], samples=None if samples is None else samples[has])
+                                       is_gt=is_gt, samples=None if samples is None else samples[has])
     return out

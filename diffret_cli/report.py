@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
 
 from diffret_cli.errors import DiffretError
@@ -160,17 +161,12 @@ class _Steps:
 def build_report(view, *, progress: bool = True, figures: bool = True) -> str:
     """The HTML of the report of an opened run (:func:`diffret_cli.viz.runview.open_run`)."""
     from diffret_cli.diagnostics import rerank_diagnostics
-    from diffret_cli.metrics import t2v_ranks
-    from diffret_cli.viz.attention import attention_figure
     from diffret_cli.viz.curves import curves_figure, read_metrics
-    from diffret_cli.viz.diffusion import diffusion_figure
-    from diffret_cli.viz.examples import examples_figure, pick_queries
     from diffret_cli.viz.frames import png_bytes
     from diffret_cli.viz.moves import moves_figure
-    from diffret_cli.viz.similarity import similarity_figure
 
     run = view.run_dir
-    targets = [(view.dataset_name, (view.recipe.get("dataset") or {}).get("test_split", "test"))] + view.out_domain()
+    targets = [(t.dataset, t.split) for t in view.targets()]
     # scoring each split, the curves, then four figures and one Figure C per extra split
     steps = _Steps(total=2 * len(targets) + 5 if figures else 0, enabled=progress and figures)
     notes: list[str] = []
@@ -230,10 +226,7 @@ def build_report(view, *, progress: bool = True, figures: bool = True) -> str:
 
         if figures and scored:
             sections.append("<h2 id='figures'>Figures</h2>")
-            figs = _figures(view, scored, steps, notes, attention_figure=attention_figure,
-                            diffusion_figure=diffusion_figure, examples_figure=examples_figure,
-                            similarity_figure=similarity_figure, pick_queries=pick_queries, t2v_ranks=t2v_ranks)
-            for caption, png in figs:
+            for caption, png in _figures(view, scored, steps, notes):
                 sections.append(f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
         if notes:
             sections.append("<h2>Notes</h2><ul>" + "".join(f"<li class='warn'>{_e(n)}</li>" for n in notes)
@@ -247,9 +240,14 @@ def build_report(view, *, progress: bool = True, figures: bool = True) -> str:
             + "\n".join(sections) + "</body></html>\n")
 
 
-def _figures(view, scored, steps, notes, *, attention_figure, diffusion_figure, examples_figure,
-             similarity_figure, pick_queries, t2v_ranks) -> list[tuple[str, bytes]]:
+def _figures(view, scored, steps, notes) -> list[tuple[str, bytes]]:
+    """(caption, PNG) of each paper figure; one that cannot be drawn becomes a note."""
+    from diffret_cli.metrics import t2v_ranks, v2t_ranks
+    from diffret_cli.viz.attention import attention_figure
+    from diffret_cli.viz.diffusion import diffusion_figure
+    from diffret_cli.viz.examples import examples_figure, pick_queries
     from diffret_cli.viz.frames import png_bytes
+    from diffret_cli.viz.similarity import similarity_figure
 
     out: list[tuple[str, bytes]] = []
     src = scored[0]
@@ -268,8 +266,12 @@ def _figures(view, scored, steps, notes, *, attention_figure, diffusion_figure, 
         q = 0
     add(f"Figure 5: denoising of caption {q}'s candidate distribution ({src.dataset})",
         lambda: diffusion_figure(src, query=q, direction="t2v", model=view.model))
-    add(f"Figure 5 (video to text): video 0's candidates ({src.dataset})",
-        lambda: diffusion_figure(src, query=0, direction="v2t", model=view.model))
+    if src.v2t is not None:
+        videos = np.unique(src.caption_video)  # the video-to-text queries, as metrics ranks them
+        qv = int(videos[pick_queries(v2t_ranks(src.stage1.t(), src.caption_video),
+                                     v2t_ranks(src.v2t, src.caption_video), 1)[0]])
+        add(f"Figure 5, video to text: denoising of video {qv}'s candidate distribution ({src.dataset})",
+            lambda: diffusion_figure(src, query=qv, direction="v2t", model=view.model))
     add(f"Figure B: text-frame attention of caption {q} ({src.dataset})",
         lambda: attention_figure(src, model=view.model, caption=q))
     add(f"Figure C: top-5 videos before and after re-ranking ({src.dataset})",
@@ -280,7 +282,7 @@ def _figures(view, scored, steps, notes, *, attention_figure, diffusion_figure, 
     return out
 
 
-def write_report(run: str | Path, *, data_root: str | Path | None = None, device: str = "auto",
+def write_report(run: str | Path, *, data_root: str | Path | None = None, device: str | None = None,
                  progress: bool = True, figures: bool = True, out: str | Path | None = None) -> Path:
     """Build the report of run directory ``run`` and write it (atomically) to
     ``RUN/report.html`` or ``out``."""

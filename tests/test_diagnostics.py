@@ -107,8 +107,10 @@ def test_without_record_uses_stage1_topk():
     d = rerank_diagnostics(s, (s, s.t()), cv, topk_t2v=2, topk_v2t=2)
     assert d["t2v"]["sample"] is None and d["t2v"]["ceiling"]["percent"] == 100.0
     assert d["t2v"]["moves"]["same"] == 4
-    with pytest.raises(ValueError):
-        rerank_diagnostics(s, (s, s.t()), cv)
+    # a family that rescores the whole gallery (no shortlist, no record): moves only
+    whole = rerank_diagnostics(s, (s.flip(1), s.t()), cv, record={"v0": torch.zeros(4, 2)})
+    assert whole["t2v"]["ceiling"] is None and whole["t2v"]["sample"] is None
+    assert whole["t2v"]["moves"]["down"] == 4  # flipped columns put every ground truth lower
 
 
 def test_record_arrays_orders_rows():

@@ -4,14 +4,11 @@ built once per test session, plus its saved evaluations."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from train_helpers import REPO, prepare_synthetic, tiny_recipe
+from train_helpers import tiny_recipe
 
 _CACHE: dict[str, "TinyRun"] = {}
 
@@ -22,11 +19,11 @@ class TinyRun:
         self.recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
 
 
-def _prepare_shift(root: Path) -> None:
-    cmd = [sys.executable, "-m", "diffret_cli.cli.main", "data", "prepare", "synthetic-shift", "--data-root",
-           str(root), "--option", "num_train=4", "--option", "num_val=4", "--option", "num_test=6",
-           "--short-side", "64", "--workers", "1"]
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+def _prepare(root: Path, name: str, **sizes: int) -> None:
+    """A small generated benchmark, prepared in this process (no subprocess start-up)."""
+    from diffret_cli.data.prepare import prepare
+
+    prepare(name, data_root=root, short_side=64, workers=1, plugin_options=sizes, progress=False)
 
 
 def save_evaluations(run: TinyRun) -> list[Path]:
@@ -36,7 +33,7 @@ def save_evaluations(run: TinyRun) -> list[Path]:
     from diffret_cli.metrics import retrieval_metrics
     from diffret_cli.viz.runview import open_run
 
-    view = open_run(run.run_dir, data_root=run.data_root, device="cpu")
+    view = tiny_view(run)
     paths = []
     for name, split in [(view.dataset_name, "test")] + view.out_domain():
         s = view.scores(name, split)
@@ -57,8 +54,9 @@ def tiny_run(tmp_path_factory) -> TinyRun:
         from diffret_cli.training import train
 
         base = tmp_path_factory.mktemp("viz")
-        data_root = prepare_synthetic(base / "data", num_train=16, num_val=8, num_test=8)
-        _prepare_shift(data_root)
+        data_root = base / "data"
+        _prepare(data_root, "synthetic", num_train=16, num_val=8, num_test=8)
+        _prepare(data_root, "synthetic-shift", num_train=4, num_val=4, num_test=6)
         recipe = tiny_recipe(epochs1=2, epochs2=1)
         recipe["eval"]["out_domain"] = ["synthetic-shift"]
         run_dir = train(recipe, run_dir=base / "run", data_root=data_root, progress=False)
@@ -66,3 +64,13 @@ def tiny_run(tmp_path_factory) -> TinyRun:
         save_evaluations(run)
         _CACHE["run"] = run
     return _CACHE["run"]
+
+
+def tiny_view(run: TinyRun):
+    """The run opened once per session (:func:`diffret_cli.viz.runview.open_run`): its
+    scored splits are cached, so the figure tests share one scoring of each split."""
+    if "view" not in _CACHE:
+        from diffret_cli.viz.runview import open_run
+
+        _CACHE["view"] = open_run(run.run_dir, data_root=run.data_root, device="cpu")
+    return _CACHE["view"]

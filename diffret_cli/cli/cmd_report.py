@@ -13,13 +13,13 @@ import click
 @click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Prepared datasets root (default: $DIFFRET_DATA_ROOT, else the user cache).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: the recipe's train.device).")
 @click.option("--figures/--no-figures", default=True, show_default=True,
               help="Score the test splits and draw the figures and diagnostics (needs the prepared data).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Where to write the page (default: RUN/report.html).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def report(run: Path, data_root: Path | None, device: str, figures: bool, out: Path | None, quiet: bool) -> None:
+def report(run: Path, data_root: Path | None, device: str | None, figures: bool, out: Path | None, quiet: bool) -> None:
     """Write RUN/report.html: the recipe, the metric tables (in-domain, out-of-domain,
     QB-Norm), the re-ranking diagnostics, the training curves and the paper's figures,
     images embedded, so the one file opens offline."""

@@ -16,7 +16,7 @@ Examples:
 
 
 def _common(f):
-    f = click.option("--device", default="auto", show_default=True)(f)
+    f = click.option("--device", default=None, help="cpu, cuda[:N] or auto (default: the recipe's train.device).")(f)
     f = click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Folder for the PNG files (default: RUN/figures).")(f)
     f = click.option("--data-root", type=click.Path(path_type=Path), default=None,
@@ -53,17 +53,21 @@ def viz() -> None:
 @click.option("--snapshots", type=int, default=4, show_default=True, help="Step snapshots drawn as bars.")
 def diffusion(run, dataset, split, data_root, out, device, query, direction, snapshots) -> None:
     """One query's candidate distribution denoised from x_T to x_0 (paper Figure 5)."""
+    import numpy as np
+
+    from diffret_cli.metrics import t2v_ranks, v2t_ranks
     from diffret_cli.viz.diffusion import diffusion_figure
     from diffret_cli.viz.examples import pick_queries
-    from diffret_cli.metrics import t2v_ranks, v2t_ranks
 
     view = _open(run, data_root, device)
     s = view.scores(dataset, split, keep_chains=True)
     if query is None:
-        ranks = t2v_ranks if direction == "t2v" else v2t_ranks
-        base = s.stage1 if direction == "t2v" else s.stage1.t()
-        fused = s.t2v if direction == "t2v" else s.v2t
-        query = pick_queries(ranks(base, s.caption_video), ranks(fused, s.caption_video), 1)[0]
+        if direction == "t2v":
+            query = pick_queries(t2v_ranks(s.stage1, s.caption_video), t2v_ranks(s.t2v, s.caption_video), 1)[0]
+        else:  # video-to-text queries are the videos with a caption, as the metrics rank them
+            videos = np.unique(s.caption_video)
+            query = int(videos[pick_queries(v2t_ranks(s.stage1.t(), s.caption_video),
+                                            v2t_ranks(s.v2t, s.caption_video), 1)[0]])
     fig = diffusion_figure(s, query=query, direction=direction, snapshots=snapshots, model=view.model)
     _save(fig, out, run, f"diffusion-{s.dataset}-{split}-{direction}-{query}.png")
 

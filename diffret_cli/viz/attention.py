@@ -44,8 +44,12 @@ def draw_attention(caption: str, rows: list[dict]):
     ``ground_truth`` (bool). One thumbnail row and one bar row per video; axes are labelled
     ``frames:<i>`` and ``weights:<i>`` (what the tests look up)."""
     t = max(len(r["frames"]) for r in rows)
-    fig = new_figure(max(6.0, 1.0 * t + 1.0), 0.6 + 2.1 * len(rows))
-    grid = fig.add_gridspec(2 * len(rows), 1, height_ratios=[1.0, 0.9] * len(rows))
+    h, w = np.asarray(rows[0]["frames"]).shape[1:3]
+    frame_in = 1.1  # inches a frame is wide; the thumbnail row keeps the frames' aspect
+    img_in, bar_in, title_in = frame_in * h / w, 0.9, 0.3
+    width = t * frame_in + 0.9
+    fig = new_figure(width, len(rows) * (img_in + bar_in + 2 * title_in) + 0.6)
+    grid = fig.add_gridspec(2 * len(rows), 1, height_ratios=[img_in + title_in, bar_in + title_in] * len(rows))
     for i, r in enumerate(rows):
         frames, w = np.asarray(r["frames"]), np.asarray(r["weights"], float)
         n = len(frames)
@@ -58,6 +62,8 @@ def draw_attention(caption: str, rows: list[dict]):
         img.imshow(np.concatenate(list(frames), axis=1), extent=(0, n, 0, 1), aspect="auto")
         img.set_xticks([])
         img.set_yticks([])
+        for j in range(1, n):  # a gap between frames
+            img.axvline(j, color="white", linewidth=2)
         for side in img.spines.values():
             side.set_edgecolor(color)
             side.set_linewidth(3 if r["ground_truth"] else 1)
@@ -72,7 +78,8 @@ def draw_attention(caption: str, rows: list[dict]):
         bars.set_xticks(np.arange(n) + 0.5, [str(j + 1) for j in range(n)], fontsize=7)
         bars.tick_params(labelsize=7)
         bars.set_ylabel("attention", fontsize=7)
-    fig.suptitle("\n".join(textwrap.wrap(f"text-frame attention (Eq. 4): \u201c{caption}\u201d", 100)), fontsize=9)
+    text = f"text-frame attention (Eq. 4): \u201c{caption}\u201d"
+    fig.suptitle("\n".join(textwrap.wrap(text, int(width * 12))), fontsize=9)
     return fig
 
 

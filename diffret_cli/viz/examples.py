@@ -39,7 +39,7 @@ def draw_examples(items: list[dict], *, top: int = 5):
     thumbnail strip). Cell axes are labelled ``cell:<item>:<row>:<position>`` and carry
     the video id as their gid (what the tests look up)."""
     n_rows = sum(len(it["rows"]) for it in items)
-    fig = new_figure(2.3 * top + 1.2, 1.25 * n_rows + 0.55 * len(items))
+    fig = new_figure(2.3 * top + 1.2, 0.95 * n_rows + 0.45 * len(items))
     sub = fig.subfigures(len(items), 1, squeeze=False)[:, 0]
     for q, (it, sf) in enumerate(zip(items, sub)):
         sf.suptitle("\n".join(textwrap.wrap(it["query"], 110)), fontsize=9, x=0.01, ha="left")

@@ -92,12 +92,13 @@ class SplitScores:
 
 @dataclass
 class RunView:
-    """A run directory (or a checkpoint with a recipe) opened for figures and reports."""
+    """A run directory opened for figures and reports: the model, the recipe, the
+    evaluation settings ``diffret eval RUN`` would use, and a cache of scored splits."""
 
     run_dir: Path
     recipe: dict
     model: Any
-    device: torch.device
+    settings: Any  # diffret_cli.evaluation.EvalSettings
     data_root: Path | None
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -105,55 +106,68 @@ class RunView:
     def dataset_name(self) -> str:
         return self.recipe.get("dataset", {}).get("name", "")
 
+    @property
+    def device(self) -> torch.device:
+        from diffret_cli.features import resolve_device
+
+        return resolve_device(self.settings.device)
+
+    def targets(self) -> list:
+        """The recipe's evaluations (:class:`diffret_cli.evaluation.EvalTarget`): its own
+        test split(s), then the out-of-domain ones."""
+        from diffret_cli.evaluation import run_targets
+
+        return run_targets(self.recipe, self.settings)
+
     def out_domain(self) -> list[tuple[str, str]]:
         """(dataset, split) of the recipe's out-of-domain targets."""
-        out = []
-        for d in (self.recipe.get("eval") or {}).get("out_domain") or []:
-            d = {"name": d} if isinstance(d, str) else d
-            out.append((d["name"], d.get("split", "test")))
-        return out
+        return [(t.dataset, t.split) for t in self.settings.out_domain]
 
-    def eval_settings(self) -> dict:
-        """Steps, top K and noise seed as ``diffret eval RUN`` uses them (recipe eval section,
-        else the model's; the seed is the run's train.seed)."""
-        ev = self.recipe.get("eval") or {}
-        return {"steps": ev.get("steps"), "topk_t2v": ev.get("topk_t2v"), "topk_v2t": ev.get("topk_v2t"),
-                "seed": int((self.recipe.get("train") or {}).get("seed", 0)), "batch_size": ev.get("batch_size", 64)}
-
-    def prepared(self, name: str):
-        from diffret_cli.data.manifest import PreparedDataset
-
-        return PreparedDataset.open(self.data_root, name)
+    def _options(self, name: str) -> dict | None:
+        for t in self.targets():
+            if t.dataset == name:
+                return t.options
+        return None
 
     def scores(self, dataset: str | None = None, split: str = "test", *, keep_chains: bool = False,
-               rerank_scores: bool = True) -> SplitScores:
+               rerank_scores: bool = True) -> "SplitScores":
+        """``dataset``'s ``split`` scored as ``diffret eval`` scores it (cached)."""
+        from diffret_cli.data.ensure import ensure_prepared
+
         dataset = dataset or self.dataset_name
         key = (dataset, split, keep_chains, rerank_scores)
         if key not in self._cache:
-            data = self.prepared(dataset)
+            # a split scored with more (chains, re-ranking) answers a request for less
+            for (d, sp, chains, rr), cached in self._cache.items():
+                if (d, sp) == (dataset, split) and chains >= keep_chains and rr >= rerank_scores:
+                    return cached
+            data = ensure_prepared(dataset, self.data_root, data_cfg=self.recipe.get("data"),
+                                   options=self._options(dataset), progress=False)
             if split not in data.splits:
                 raise ConfigError(f"{dataset} has no prepared split {split!r}",
                                   hint=f"available: {', '.join(data.splits)}")
-            self._cache[key] = score_split(self.model, data.split(split), dataset=dataset, split_name=split,
-                                           device=self.device, keep_chains=keep_chains,
-                                           rerank_scores=rerank_scores, **self.eval_settings())
+            self._cache[key] = score_split(self.model, data.split(split), self.settings, dataset=dataset,
+                                           split_name=split, keep_chains=keep_chains, rerank_scores=rerank_scores)
         return self._cache[key]
 
 
-def open_run(run: str | Path, *, data_root: str | Path | None = None, device: str = "auto") -> RunView:
-    """Open a run directory (its best checkpoint and recipe.yaml) for figures."""
+def open_run(run: str | Path, *, data_root: str | Path | None = None, device: str | None = None) -> RunView:
+    """Open a run directory (its best checkpoint and recipe.yaml) for figures; evaluation
+    settings come from the recipe (:meth:`diffret_cli.evaluation.EvalSettings.from_recipe`),
+    ``device`` overrides the recipe's."""
     from diffret_cli.checkpoint import load_model, resolve_checkpoint_dir
-    from diffret_cli.features import resolve_device
+    from diffret_cli.evaluation import EvalSettings, load_run_recipe
 
     run = Path(run)
-    recipe_file = run / RECIPE_FILE
-    if not recipe_file.is_file():
+    recipe = load_run_recipe(run)
+    if recipe is None:
         raise ConfigError(f"{run} is not a run directory (no {RECIPE_FILE})",
                           hint="pass a directory written by `diffret train` (runs/<name>-<time>)")
-    recipe = yaml.safe_load(recipe_file.read_text()) or {}
-    dev = resolve_device(device)
-    model = load_model(resolve_checkpoint_dir(run), map_location=dev).eval()
-    return RunView(run_dir=run, recipe=recipe, model=model, device=dev,
+    settings = EvalSettings.from_recipe(recipe).with_overrides(device=device)
+    from diffret_cli.features import resolve_device
+
+    model = load_model(resolve_checkpoint_dir(run), map_location=resolve_device(settings.device)).eval()
+    return RunView(run_dir=run, recipe=recipe, model=model, settings=settings,
                    data_root=Path(data_root) if data_root else None)
 
 
@@ -164,43 +178,41 @@ def _step_labels(sampler: Sampler) -> list[str]:
 
 
 @torch.no_grad()
-def score_split(model, split, *, dataset: str, split_name: str, device, steps: int | None = None,
-                topk_t2v: int | None = None, topk_v2t: int | None = None, seed: int = 0,
-                batch_size: int = 64, keep_chains: bool = False, rerank_scores: bool = True) -> SplitScores:
-    """Encode ``split`` and score it as ``diffret eval`` does (see the module docstring)."""
-    from diffret_cli.features import SplitTexts, encode_texts, encode_videos, resolve_precision
+def score_split(model, split, settings, *, dataset: str, split_name: str, keep_chains: bool = False,
+                rerank_scores: bool = True) -> SplitScores:
+    """Encode ``split`` and score it as :func:`diffret_cli.evaluation.evaluate_split` does
+    with ``settings`` (an ``EvalSettings``): same features, same sampler, same noise."""
+    from diffret_cli.evaluation import encode_split
+    from diffret_cli.features import resolve_device
 
     model.eval()
-    precision = resolve_precision("auto", device)
-    texts = SplitTexts.from_split(split)
-    tf = encode_texts(model, texts.captions, batch_size=batch_size, device=device, precision=precision)
-    vf = encode_videos(model, split, batch_size=max(1, batch_size // 4), device=device, precision=precision)
+    device = resolve_device(settings.device)
+    enc = encode_split(model, split, settings)
+    tf, vf = enc.text, enc.video
     sim = model.similarity_matrix(tf, vf).float()
-    out = SplitScores(dataset=dataset, split_name=split_name, split=split, captions=list(texts.captions),
-                      caption_video=np.asarray(texts.caption_video), video_ids=[v.video_id for v in split.videos],
-                      text=tf, video=vf, stage1=sim,
-                      settings={"steps": steps, "topk_t2v": topk_t2v, "topk_v2t": topk_v2t, "seed": seed})
+    out = SplitScores(dataset=dataset, split_name=split_name, split=split, captions=list(enc.texts.captions),
+                      caption_video=np.asarray(enc.texts.caption_video),
+                      video_ids=[v.video_id for v in split.videos], text=tf, video=vf, stage1=sim,
+                      settings={"steps": settings.steps, "topk_t2v": settings.topk_t2v,
+                                "topk_v2t": settings.topk_v2t, "seed": settings.seed})
     if not rerank_scores:
         return out
-    g = torch.Generator(device=device).manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(settings.seed)
     record: dict = {}
-    if hasattr(model, "denoiser_t2v"):
-        # DiffusionRet: the same call as evaluation, through a recording sampler
+    if keep_chains and hasattr(model, "denoiser_t2v"):
+        # DiffusionRet.rerank's own call, through a sampler that keeps the chains
         from diffret_cli.rerank import rerank
 
-        sampler = model.make_sampler(sample_steps=steps) if steps else model.make_sampler()
-        rec = TrajectoryRecorder(sampler) if keep_chains else sampler
+        sampler = model.make_sampler(sample_steps=settings.steps) if settings.steps else model.make_sampler()
+        rec = TrajectoryRecorder(sampler)
         t2v, v2t = rerank(sim, model=model, text_cls=tf.cls, video_frames=vf.frames, video_mask=vf.mask,
-                          sampler=rec, topk_t2v=topk_t2v, topk_v2t=topk_v2t, generator=g, record=record)
-        if keep_chains:
-            n = len(record["t2v"])
-            out.chains = {"t2v": rec.chains[:n], "v2t": rec.chains[n:]}
-            out.step_labels = _step_labels(sampler)
-    elif hasattr(model, "rerank"):
-        t2v, v2t = model.rerank(sim, tf, vf, steps=steps, topk_t2v=topk_t2v, topk_v2t=topk_v2t, generator=g,
-                                record=record)
+                          sampler=rec, topk_t2v=settings.topk_t2v, topk_v2t=settings.topk_v2t, generator=g,
+                          record=record)
+        n = len(record["t2v"])
+        out.chains = {"t2v": rec.chains[:n], "v2t": rec.chains[n:]}
+        out.step_labels = _step_labels(sampler)
     else:
-        raise ConfigError(f"the model ({type(model).__name__}) has no generative re-ranking",
-                          hint="score it with rerank_scores=False (stage-1 figures only)")
+        t2v, v2t = model.rerank(sim, tf, vf, steps=settings.steps, topk_t2v=settings.topk_t2v,
+                                topk_v2t=settings.topk_v2t, generator=g, record=record)
     out.t2v, out.v2t, out.record = t2v.float(), v2t.float(), record
     return out
