@@ -8,7 +8,10 @@ do exactly that. Third parties import it from :mod:`diffret_cli.sdk`.
 Respacing follows guided-diffusion (Nichol & Dhariwal 2021, section 4): a chain over a
 subset S of the training steps keeps alpha_bar at the steps it uses and re-derives
 beta_i = 1 - alpha_bar_{S_i} / alpha_bar_{S_{i-1}}; the model still sees the original
-step index.
+step index. A one-step chain uses the last training step T-1 (guided-diffusion's
+respacing would take step 0, pairing pure noise x_T with the step of almost clean data):
+its sample is the clamped x0 of one model call at t = T-1 (DDIM, Song et al. Eq. 12
+with alpha_bar_{t-1} = 1).
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ import numpy as np
 import torch
 
 from diffret_cli.diffusion import DiffusionCoefficients
+from diffret_cli.errors import ConfigError
 from diffret_cli.interfaces import ModelFn, SampleResult, Sampler
 from diffret_cli.registry import create
 
 
 def space_timesteps(num_steps: int, sample_steps: int) -> list[int]:
     """Evenly spaced subset of ``range(num_steps)`` with ``sample_steps`` entries, first
-    and last included (guided-diffusion's respacing with one section)."""
+    and last included (guided-diffusion's respacing with one section); one step is the
+    last step, ``[num_steps - 1]``, where the chain starts from pure noise."""
     if not 1 <= sample_steps <= num_steps:
         raise ValueError(f"sample_steps must be in [1, {num_steps}], got {sample_steps}")
     if sample_steps == num_steps:
         return list(range(num_steps))
-    stride = 1.0 if sample_steps <= 1 else (num_steps - 1) / (sample_steps - 1)
+    if sample_steps == 1:
+        return [num_steps - 1]
+    stride = (num_steps - 1) / (sample_steps - 1)
     return sorted({round(i * stride) for i in range(sample_steps)})
 
 
@@ -64,7 +71,16 @@ class FullSampler(Sampler):
         self.schedule = schedule
         self.num_steps = int(num_steps)
         self.beta_scale = float(beta_scale)
-        self.sample_steps = int(sample_steps) if sample_steps else self.num_steps
+        self.sample_steps = self.num_steps if sample_steps is None else int(sample_steps)
+        if self.num_steps < 1:
+            raise ConfigError(f"num_steps={num_steps} is not allowed: a noise schedule needs at least 1 step",
+                              hint="set model.schedule.args.num_steps to an integer >= 1 (DiffusionRet: 50)")
+        if not 1 <= self.sample_steps <= self.num_steps:
+            raise ConfigError(f"sample_steps={sample_steps} is outside the allowed range 1..{self.num_steps} "
+                              f"(the {self.num_steps} steps of the model's {schedule} schedule)",
+                              hint=f"pass --steps between 1 and {self.num_steps} (recipe: eval.steps or "
+                              "model.sampler.args.sample_steps); fewer steps are faster, "
+                              f"{self.num_steps} runs the whole chain")
         self.clip_denoised = bool(clip_denoised)
         self.clip_range = float(clip_range)
         self.prediction = prediction

@@ -126,3 +126,108 @@ def test_each_chain_gets_its_own_state_dict():
     assert len({i for i, _ in first}) == 1 and len({i for i, _ in second}) == 1
     assert torch.equal(a, b)
     assert torch.equal(a, create("samplers", "ddim", num_steps=20, sample_steps=5).sample(model, x).sample)
+
+
+# ---------------------------------------------------------------- the chains, step by step
+def _posterior(sampler, i: int) -> tuple[float, float, float]:
+    """(coefficient of x0, coefficient of x_t, variance) of q(x_{t-1} | x_t, x0) at respaced
+    step ``i``, from the raw schedule in float64 (Ho et al. Eq. 6-7 on the respaced chain,
+    Nichol & Dhariwal sec. 4: alpha_bar kept at the steps used)."""
+    import numpy as np
+
+    raw = create("schedules", sampler.schedule, num_steps=sampler.num_steps).betas()
+    acp = np.cumprod(1.0 - np.asarray(raw, dtype=np.float64))
+    used = sampler.timestep_map
+    ab = acp[used[i]]
+    ab_prev = acp[used[i - 1]] if i > 0 else 1.0
+    beta = 1.0 - ab / ab_prev
+    c0 = np.sqrt(ab_prev) * beta / (1.0 - ab)
+    ct = np.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab)
+    return c0, ct, beta * (1.0 - ab_prev) / (1.0 - ab)
+
+
+def _x0_model(x, t):
+    # depends on x and t, and leaves [-1, 1] for some inputs so the clamp matters
+    return 1.5 * torch.tanh(x * (1.0 + t[:, None].float() / 10.0))
+
+
+@pytest.mark.parametrize("sample_steps", [None, 4])
+def test_ddpm_every_step_is_the_posterior_mean_plus_its_noise(sample_steps):
+    """Each step x_{t-1} = mu~(x0_hat, x_t) + sigma~_t z, z the generator's next normal draw,
+    checked at every step (not only the last) against the formulas in float64."""
+    s = create("samplers", "ddpm", num_steps=12, sample_steps=sample_steps)
+    g = torch.Generator().manual_seed(3)
+    x_T = s.start(shape=(3, 5), generator=g)
+    res = s.sample(_x0_model, x_T, generator=g, record=True)
+    replay = torch.Generator().manual_seed(3)
+    assert torch.equal(torch.randn((3, 5), generator=replay), x_T)
+    states = [step["x_t"] for step in res.trajectory] + [res.sample]
+    n = len(s.timestep_map)
+    assert len(res.trajectory) == n == (sample_steps or 12)
+    for j, step in enumerate(res.trajectory):
+        i = n - 1 - j
+        x_t, x0 = step["x_t"].double(), _x0_model(step["x_t"], step["t"].new_full(step["t"].shape,
+                                                                                 s.timestep_map[i]))
+        torch.testing.assert_close(step["pred_x0"], x0.clamp(-1, 1), rtol=0, atol=1e-6)
+        c0, ct, var = _posterior(s, i)
+        expected = c0 * x0.clamp(-1, 1).double() + ct * x_t
+        if i > 0:  # the last step adds no noise
+            expected = expected + var ** 0.5 * torch.randn((3, 5), generator=replay).double()
+        torch.testing.assert_close(states[j + 1].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_every_step_follows_song_et_al_eq_12():
+    s = create("samplers", "ddim", num_steps=20, sample_steps=5, eta=0.7)
+    g = torch.Generator().manual_seed(5)
+    x_T = s.start(shape=(2, 4), generator=g)
+    res = s.sample(_x0_model, x_T, generator=g, record=True)
+    replay = torch.Generator().manual_seed(5)
+    torch.randn((2, 4), generator=replay)  # x_T
+    import numpy as np
+
+    acp = np.cumprod(1.0 - create("schedules", "cosine", num_steps=20).betas())
+    states = [step["x_t"] for step in res.trajectory] + [res.sample]
+    for j, step in enumerate(res.trajectory):
+        i = len(s.timestep_map) - 1 - j
+        ab = acp[s.timestep_map[i]]
+        ab_prev = acp[s.timestep_map[i - 1]] if i > 0 else 1.0
+        x_t, x0 = step["x_t"].double(), step["pred_x0"].double()
+        eps = (x_t / np.sqrt(ab) - x0) / np.sqrt(1 / ab - 1)
+        sigma = 0.7 * np.sqrt((1 - ab_prev) / (1 - ab)) * np.sqrt(1 - ab / ab_prev)
+        expected = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev - sigma ** 2) * eps
+        if i > 0:
+            expected = expected + sigma * torch.randn((2, 4), generator=replay).double()
+        torch.testing.assert_close(states[j + 1].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm"])
+def test_one_step_is_the_clamped_x0_of_one_model_call_at_the_last_step(name):
+    s = create("samplers", name, num_steps=50, sample_steps=1)
+    calls = []
+
+    def model(x, t):
+        calls.append(t.tolist())
+        return 3.0 * x
+
+    x_T = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    out = s.sample(model, x_T, generator=torch.Generator().manual_seed(1)).sample
+    assert calls == [[49, 49]]  # pure noise is paired with the noisiest step
+    torch.testing.assert_close(out, (3.0 * x_T).clamp(-1, 1), rtol=0, atol=1e-6)
+    assert s.timesteps() == [49]
+
+
+def test_a_one_step_schedule_builds_and_samples():
+    for name in ("ddim", "ddpm"):
+        s = create("samplers", name, num_steps=1)
+        out = s.sample(lambda x, t: torch.full_like(x, 0.25), torch.randn(1, 3),
+                       generator=torch.Generator().manual_seed(0)).sample
+        torch.testing.assert_close(out, torch.full((1, 3), 0.25), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 51, 1000])
+def test_sample_steps_outside_the_schedule_name_the_allowed_range(steps):
+    from diffret_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"sample_steps={steps} is outside the allowed range 1\.\.50") as e:
+        create("samplers", "ddim", num_steps=50, sample_steps=steps)
+    assert "--steps between 1 and 50" in str(e.value)
