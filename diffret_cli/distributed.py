@@ -78,6 +78,21 @@ def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank (a picklable value: a decision, a path)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard_range(n: int, info: DistInfo) -> range:
+    """This rank's contiguous share of ``n`` items: ranks take consecutive, near-equal
+    ranges (sizes differ by at most one) that together cover ``0..n-1`` once."""
+    return range(n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from diffret_cli.model.diffusionret import TextFeatures, VideoFeatures
 from diffret_cli.preprocess import frames_to_tensor, select_frame_indices
@@ -120,53 +120,70 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def encode_texts(model, captions: list[str], *, batch_size: int, device, precision: str = "fp32") -> TextFeatures:
+def iter_text_features(model, captions: list[str], *, batch_size: int, device,
+                       precision: str = "fp32") -> Iterator[TextFeatures]:
+    """Features of ``captions``, one batch at a time (as the encoder returns them, on
+    ``device``): what a caller keeps is its choice, so memory is bounded by one batch."""
     max_words = model.config["max_words"]
-    toks, clss, masks = [], [], []
     for i in range(0, len(captions), batch_size):
         ids, mask = model.encoder.tokenize(captions[i:i + batch_size], max_words)
         with autocast_for(device, precision):
             f = model.encode_text(ids.to(device), mask.to(device))
-        toks.append(f.tokens.float())
-        clss.append(f.cls.float())
-        masks.append(mask.to(device))
-    return TextFeatures(torch.cat(toks), torch.cat(clss), torch.cat(masks))
+        yield TextFeatures(f.tokens, f.cls, mask.to(device))
+
+
+@torch.no_grad()
+def iter_video_features(model, split, *, batch_size: int, device, precision: str = "fp32", num_workers: int = 0,
+                        indices: Sequence[int] | None = None) -> Iterator[VideoFeatures]:
+    """Features of the split's videos (or of ``split.videos[i]`` for ``i`` in
+    ``indices``, in that order), one batch at a time, on ``device``."""
+    enc = model.encoder
+    ds = VideoFrames(split, max_frames=model.config["max_frames"], image_size=enc.image_size,
+                     mean=enc.image_mean, std=enc.image_std)
+    if indices is not None:
+        ds = Subset(ds, list(indices))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for frames, mask in loader:
+        frames, mask = frames.to(device, non_blocking=True), mask.to(device)
+        with autocast_for(device, precision):
+            v = model.encode_video(frames, mask)
+        yield VideoFeatures(v.frames, mask)
+
+
+def _fill(out: list[torch.Tensor | None], start: int, total: int, parts: tuple[torch.Tensor, ...],
+          dtypes: tuple[torch.dtype | None, ...]) -> None:
+    """Copy one batch into preallocated outputs (allocated on the first batch): the
+    features are held once, not once per batch plus once concatenated."""
+    for j, (x, dt) in enumerate(zip(parts, dtypes)):
+        if out[j] is None:
+            out[j] = torch.empty((total, *x.shape[1:]), dtype=dt or x.dtype, device=x.device)
+        out[j][start:start + len(x)] = x
+
+
+@torch.no_grad()
+def encode_texts(model, captions: list[str], *, batch_size: int, device, precision: str = "fp32") -> TextFeatures:
+    """Every caption's features, float32, on ``device``."""
+    if not captions:
+        raise ValueError("no captions to encode")
+    out: list[torch.Tensor | None] = [None, None, None]
+    start = 0
+    for f in iter_text_features(model, captions, batch_size=batch_size, device=device, precision=precision):
+        _fill(out, start, len(captions), (f.tokens, f.cls, f.mask), (torch.float32, torch.float32, None))
+        start += len(f.cls)
+    return TextFeatures(*out)
 
 
 @torch.no_grad()
 def encode_videos(model, split, *, batch_size: int, device, precision: str = "fp32",
                   num_workers: int = 0) -> VideoFeatures:
-    enc = model.encoder
-    ds = VideoFrames(split, max_frames=model.config["max_frames"], image_size=enc.image_size,
-                     mean=enc.image_mean, std=enc.image_std)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats, masks = [], []
-    for frames, mask in loader:
-        frames, mask = frames.to(device, non_blocking=True), mask.to(device)
-        with autocast_for(device, precision):
-            v = model.encode_video(frames, mask)
-        feats.append(v.frames.float())
-        masks.append(mask)
-    return VideoFeatures(torch.cat(feats), torch.cat(masks))
-
-
-def save_features(path: Path, text: TextFeatures, video: VideoFeatures, caption_video: np.ndarray,
-                  dtype: torch.dtype = torch.float16) -> None:
-    from diffret_cli.checkpoint import atomic_save_tensors
-
-    atomic_save_tensors(path, {
-        "text_tokens": text.tokens.to(dtype), "text_cls": text.cls.to(dtype), "text_mask": text.mask,
-        "video_frames": video.frames.to(dtype), "video_mask": video.mask,
-        "caption_video": torch.from_numpy(np.asarray(caption_video)),
-    })
-
-
-def load_features(path: Path, device) -> tuple[TextFeatures, VideoFeatures, np.ndarray]:
-    """The cache as stored (float16 by default: MSRVTT's 180k captions x 32 tokens are
-    6 GB in half precision); batches are cast to float32 when they are used."""
-    from safetensors.torch import load_file
-
-    t = load_file(str(path), device=str(device))
-    return (TextFeatures(t["text_tokens"], t["text_cls"], t["text_mask"]),
-            VideoFeatures(t["video_frames"], t["video_mask"]),
-            t["caption_video"].cpu().numpy())
+    """Every video's features, float32, on ``device``."""
+    total = len(split.videos)
+    if not total:
+        raise ValueError("no videos to encode")
+    out: list[torch.Tensor | None] = [None, None]
+    start = 0
+    for v in iter_video_features(model, split, batch_size=batch_size, device=device, precision=precision,
+                                 num_workers=num_workers):
+        _fill(out, start, total, (v.frames, v.mask), (torch.float32, None))
+        start += len(v.mask)
+    return VideoFeatures(*out)

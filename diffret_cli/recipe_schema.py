@@ -20,6 +20,7 @@ from diffret_cli.errors import DiffretError
 from diffret_cli.registry import SINGULAR, registry
 
 LOSS_KINDS = ("kl", "mse")  # diffret_cli.losses.generation_loss_from_output
+HARD_NEGATIVE_MODES = ("exclusive", "official")  # diffret_cli.losses.HARD_NEGATIVE_MODES
 FEATURE_DTYPES = ("float16", "bfloat16", "float32")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 STAGES = (1, 2)
@@ -33,7 +34,10 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 #: keys: ``stage1.encoder_lr`` is the encoder's (CLIP's) learning rate, ``lr`` everyone
 #: else's; ``batch_size`` is the global batch (all processes together);
 #: ``stage2.num_candidates`` is K (the positive plus K-1 hard in-batch negatives, so
-#: K <= batch_size); ``stage2.negative_value`` the x0 target of the negatives;
+#: K <= batch_size); ``stage2.hard_negatives`` "exclusive" (never the positive or a
+#: same-video item as a negative; a row short of K-1 gets masked padding slots) or
+#: "official" (the official code's topk, which can return them); ``stage2.negative_value``
+#: the x0 target of the negatives;
 #: ``stage2.feature_dtype`` how cached stage-2 features are stored; ``dataset.val_split``
 #: null = no validation (the last epoch is kept); ``train.val_every_epochs`` 0 = never;
 #: ``train.ema`` null = off; ``eval.steps`` / ``eval.topk_*`` null = the model's
@@ -51,8 +55,8 @@ DEFAULTS: dict[str, Any] = {
                "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.98],
                "eps": 1.0e-6, "freeze_encoder": False},
     "stage2": {"epochs": 5, "batch_size": 128, "lr": 1.0e-4, "weight_decay": 0.2, "warmup": 0.1,
-               "grad_clip": 1.0, "num_candidates": 128, "loss": "kl", "loss_temp": 100.0,
-               "negative_value": 0.0, "feature_dtype": "float16"},
+               "grad_clip": 1.0, "num_candidates": 128, "hard_negatives": "exclusive", "loss": "kl",
+               "loss_temp": 100.0, "negative_value": 0.0, "feature_dtype": "float16"},
     "train": {"seed": 42, "device": "auto", "precision": "auto", "num_workers": 4, "log_every": 10,
               "checkpoint_every": 500, "ema": None, "stages": [1, 2], "val_every_epochs": 1,
               "max_steps": None},
@@ -94,8 +98,8 @@ FIELD_TYPES: dict[str, str] = {
     "stage1.freeze_encoder": "bool",
     "stage2.epochs": "int", "stage2.batch_size": "int", "stage2.lr": "float",
     "stage2.weight_decay": "float", "stage2.warmup": "float", "stage2.grad_clip": "float?",
-    "stage2.num_candidates": "int", "stage2.loss": "str", "stage2.loss_temp": "float",
-    "stage2.negative_value": "float", "stage2.feature_dtype": "str",
+    "stage2.num_candidates": "int", "stage2.hard_negatives": "str", "stage2.loss": "str",
+    "stage2.loss_temp": "float", "stage2.negative_value": "float", "stage2.feature_dtype": "str",
     "train.seed": "int", "train.device": "str", "train.precision": "str", "train.num_workers": "int",
     "train.log_every": "int", "train.checkpoint_every": "int?", "train.ema": "float?",
     "train.stages": "list[int]", "train.val_every_epochs": "int", "train.max_steps": "int?",
@@ -159,6 +163,8 @@ def field_type(path: str, defaults: dict | None = None) -> str | None:
     if path in FIELD_TYPES:
         return FIELD_TYPES[path]
     node = _node(path, defaults or DEFAULTS)
+    if isinstance(node, dict) and is_free_path(path):  # e.g. a family's model.pooling.args
+        return "map"
     if isinstance(node, dict) or node is _MISSING:
         return None
     if node is None:
@@ -399,6 +405,9 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
     if isinstance(k, int) and isinstance(bs, int) and k > bs:
         c.problems.append(f"stage2.num_candidates: {k} is larger than stage2.batch_size {bs}; the candidates "
                           "are the positive plus in-batch hard negatives, so lower num_candidates or raise batch_size")
+    c.require("stage2.hard_negatives", lambda v: v in HARD_NEGATIVE_MODES,
+              f"one of {', '.join(HARD_NEGATIVE_MODES)} (exclusive: never the positive or a same-video item "
+              "as a negative; official: the official code's choice)")
     c.require("stage2.loss", lambda v: v in LOSS_KINDS, f"one of {', '.join(LOSS_KINDS)}")
     c.require("stage2.loss_temp", _gt(0), "a number > 0")
     c.require("stage2.feature_dtype", lambda v: v in FEATURE_DTYPES, f"one of {', '.join(FEATURE_DTYPES)}")

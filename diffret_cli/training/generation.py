@@ -3,8 +3,9 @@
 Stage 1 is frozen and its features come from the cache
 (:mod:`~diffret_cli.training.feature_cache`). For each query of the global batch the
 candidates are the positive first, then its hardest negatives by stage-1 similarity
-(same-video entries excluded); the model's generative head owns the target and loss
-(:meth:`DiffusionRet.generation_loss`).
+(``stage2.hard_negatives``: never the positive or a same-video item by default, see
+:func:`~diffret_cli.losses.hard_negative_candidates`); the model's generative head owns
+the target and loss (:meth:`DiffusionRet.generation_loss`).
 """
 
 from __future__ import annotations
@@ -16,30 +17,34 @@ from safetensors.torch import load_file
 from torch import nn
 
 from diffret_cli.distributed import DistInfo, gather_no_grad
-from diffret_cli.losses import hard_negative_candidates
+from diffret_cli.losses import HARD_NEGATIVE_MODES, hard_negative_candidates
 from diffret_cli.training.context import RunContext
 from diffret_cli.training.feature_cache import train_features
 from diffret_cli.training.stage import Stage, StageData
 
 
 class CachedPairs(StageData):
-    """Caption-video pairs of the training split as indices into the cached features."""
+    """Caption-video pairs of the training split as indices into the cached features
+    (memory-mapped on the CPU; each batch copies its rows to the device)."""
 
     def __init__(self, ctx: RunContext, model: nn.Module):
-        self.text, self.video, caption_video = train_features(ctx, model)
-        self.caption_video = torch.from_numpy(caption_video).to(ctx.device)
+        self.cache = train_features(ctx, model)
+        self.text, self.video = self.cache.text, self.cache.video
+        self.caption_video = torch.from_numpy(self.cache.caption_video)
 
     def __len__(self) -> int:
         return len(self.caption_video)
 
     def batches(self, ctx, index_lists):
+        dev = ctx.device
         for indices in index_lists:
-            idx = torch.tensor(indices, device=ctx.device)
+            idx = torch.tensor(indices, dtype=torch.long)
             vid = self.caption_video[idx]
             # the cache stays in its stored dtype; each batch is cast when it is used
-            yield {"tokens": self.text.tokens[idx].float(), "cls": self.text.cls[idx].float(),
-                   "text_mask": self.text.mask[idx], "frames": self.video.frames[vid].float(),
-                   "frame_mask": self.video.mask[vid], "video_ids": vid}
+            yield {"tokens": self.text.tokens[idx].to(dev).float(), "cls": self.text.cls[idx].to(dev).float(),
+                   "text_mask": self.text.mask[idx].to(dev).long(),
+                   "frames": self.video.frames[vid].to(dev).float(),
+                   "frame_mask": self.video.mask[vid].to(dev).long(), "video_ids": vid.to(dev)}
 
 
 class GenerationStep(nn.Module):
@@ -58,12 +63,16 @@ class GenerationStep(nn.Module):
             sim = m.similarity(g["tokens"], g["text_mask"], g["frames"], g["frame_mask"])  # [B,B] texts x videos
         same = g["video_ids"][:, None] == g["video_ids"][None, :]
         rows = torch.arange(local, device=sim.device) + d.rank * local
-        k = cfg["num_candidates"]
-        cand_v = hard_negative_candidates(sim, k, same)[rows]
-        cand_t = hard_negative_candidates(sim.t(), k, same)[rows]
-        return m.generation_loss(g["cls"], g["frames"], g["frame_mask"], queries=rows, cand_v=cand_v,
-                                 cand_t=cand_t, generator=generator, kind=cfg["loss"], temp=cfg["loss_temp"],
-                                 negative_value=cfg["negative_value"])
+        k, mode = cfg["num_candidates"], cfg.get("hard_negatives", HARD_NEGATIVE_MODES[0])
+        cand_v = hard_negative_candidates(sim, k, same, mode=mode)
+        cand_t = hard_negative_candidates(sim.t(), k, same, mode=mode)
+        loss, extras = m.generation_loss(
+            g["cls"], g["frames"], g["frame_mask"], queries=rows, cand_v=cand_v.index[rows],
+            cand_t=cand_t.index[rows], valid_v=cand_v.valid[rows], valid_t=cand_t.valid[rows],
+            generator=generator, kind=cfg["loss"], temp=cfg["loss_temp"], negative_value=cfg["negative_value"])
+        # padding slots of the global batch (0 when no row lacks negatives)
+        extras["masked_candidates"] = (~cand_v.valid).sum().float()
+        return loss, extras
 
 
 class GenerationStage(Stage):
