@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import yaml
 
+from diffret_cli.diagnostics import rerank_diagnostics
 from diffret_cli.errors import ConfigError
 from diffret_cli.features import SplitTexts, encode_texts, encode_videos, resolve_device, resolve_precision
 from diffret_cli.fileio import atomic_write_json
@@ -118,6 +119,7 @@ def evaluate_split(model, split, settings: EvalSettings | None = None, *, encode
     if settings.rerank:
         t1 = time.perf_counter()
         g = torch.Generator(device=device).manual_seed(settings.seed)
+        record = {} if record is None else record  # the diagnostics read the candidates and samples
         fused = model.rerank(sim, tf, vf, steps=settings.steps, topk_t2v=settings.topk_t2v,
                              topk_v2t=settings.topk_v2t, generator=g, record=record)
         rows["diffusion"] = retrieval_metrics(fused[0], fused[1], texts.caption_video)
@@ -136,6 +138,8 @@ def evaluate_split(model, split, settings: EvalSettings | None = None, *, encode
     rr = model.config.get("rerank", {})
     return {
         "rows": rows,
+        "diagnostics": (rerank_diagnostics(sim, fused, texts.caption_video, record=record)
+                        if fused is not None else None),
         "num_captions": len(texts.captions),
         "num_videos": len(split.videos),
         # videos the prepared split could not decode are left out of the gallery: the

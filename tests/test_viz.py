@@ -55,6 +55,9 @@ def test_scores_are_what_eval_reports(view, scored):
     res = evaluate_split(view.model, scored.split, view.settings)
     assert retrieval_metrics(scored.t2v, scored.v2t, scored.caption_video) == res["rows"]["diffusion"]
     assert retrieval_metrics(scored.stage1, scored.stage1.t(), scored.caption_video) == res["rows"]["stage1"]
+    # evaluation's diagnostics (in `diffret eval --json`) are the figures' ones
+    assert res["diagnostics"] == rerank_diagnostics(scored.stage1, (scored.t2v, scored.v2t), scored.caption_video,
+                                                    record=scored.record)
     for d in ("t2v", "v2t"):
         assert len(scored.chains[d]) == len(scored.record[d]) > 0
         for states, chunk in zip(scored.chains[d], scored.record[d]):
