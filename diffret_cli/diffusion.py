@@ -68,7 +68,9 @@ class DiffusionCoefficients:
             sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / acp - 1),
             posterior_variance=post_var,
             # the posterior variance is 0 at t=0; clip the log by using step 1's value there
-            posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
+            # (a one-step chain has no step 1 and never adds noise: beta_0 keeps the log finite)
+            posterior_log_variance_clipped=np.log(np.append(post_var[1] if len(post_var) > 1 else betas[0],
+                                                            post_var[1:])),
             posterior_mean_coef1=betas * np.sqrt(acp_prev) / (1.0 - acp),
             posterior_mean_coef2=(1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp),
         )

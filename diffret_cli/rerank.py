@@ -5,24 +5,45 @@ let the sampler generate a distribution over them from noise with the denoiser a
 model, and fuse: ``S'[q, c_k] = S[q, c_k] + alpha * softmax(tau * x0)[k]``. Every other
 entry keeps S. The bonus is non-negative, so re-ranking only reorders within the top K.
 
-Vectorised: candidates are gathered with one ``topk`` + indexing per chunk of queries and
-fused with one ``scatter_add``; the denoiser's step-invariant work runs once per chunk
-(:meth:`Denoiser.prepare`). The caller is generic over samplers: a full sampler draws
-x_T ~ N(0, I), a truncated one (DITS) starts from the anchor the head's context provides
-(``DenoiserContext.anchor``), and the head's ``fuse`` turns the sample into scores.
+Vectorised: candidates are chosen with one ``topk`` per chunk of queries and fused with
+one indexed write; the denoiser's step-invariant work runs once per chunk. The caller is
+generic over samplers: a full sampler draws x_T ~ N(0, I), a truncated one (DITS) starts
+from the anchor the head's context provides (``DenoiserContext.anchor``), and the head's
+``fuse`` turns the sample into scores.
+
+A denoiser that offers the gallery protocol (:class:`GalleryDenoiser`: DiffusionRet's
+query-candidate denoisers do) is given indices instead of gathered features: it computes
+what depends on single gallery items once (``prepare_gallery``, with the step indices the
+sampler will use) and per chunk only what depends on (query, candidate) pairs
+(``prepare_chunk``). Any other denoiser gets ``prepare`` on the gathered features.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from diffret_cli.interfaces import Denoiser, Sampler
+from diffret_cli.interfaces import Denoiser, DenoiserContext, Sampler
 
 #: noise_fn(direction, chunk_index, shape) -> the start state for that chunk; lets tests
 #: feed the official code's fixed noise. Default: sampler.start with a seeded generator.
 NoiseFn = Callable[[str, int, tuple[int, ...]], torch.Tensor]
+
+
+@runtime_checkable
+class GalleryDenoiser(Protocol):
+    """Optional denoiser capability: sampling from indices into the whole gallery.
+
+    ``prepare_gallery(text [N,D], video [M,T,D], video_mask [M,T], *, timesteps)`` once
+    per gallery and direction; ``prepare_chunk(gallery, query_index [B], cand_index [B,K])``
+    per chunk (query rows index texts for "t2v", videos for "v2t"); its context goes to
+    ``step`` and must give what ``step(prepare(gathered features))`` gives."""
+
+    def prepare_gallery(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor, *,
+                        timesteps: list[int]) -> Any: ...
+
+    def prepare_chunk(self, gallery: Any, query_index: torch.Tensor, cand_index: torch.Tensor) -> DenoiserContext: ...
 
 
 @torch.no_grad()
@@ -42,10 +63,15 @@ def rerank_direction(scores: torch.Tensor, *, direction: str, denoiser: Denoiser
     q, g = scores.shape
     k = min(topk, g)
     out = scores.clone()
+    gallery = None
+    if isinstance(denoiser, GalleryDenoiser):
+        gallery = denoiser.prepare_gallery(text_cls, video_frames, video_mask, timesteps=sampler.timesteps())
     for chunk_index, start in enumerate(range(0, q, chunk_size)):
         rows = torch.arange(start, min(start + chunk_size, q), device=scores.device)
         base, cand = scores[rows].topk(k, dim=1, sorted=True)  # noise column j <-> j-th best candidate
-        if direction == "t2v":
+        if gallery is not None:
+            ctx = denoiser.prepare_chunk(gallery, rows, cand)
+        elif direction == "t2v":
             ctx = denoiser.prepare(text_cls[rows], video_frames[cand], video_mask[cand])
         else:
             ctx = denoiser.prepare(text_cls[cand], video_frames[rows], video_mask[rows])

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("diffret_cli.cli.cmd_convert", "convert", "Convert an official DiffusionRet best.pth."),
     "viz": ("diffret_cli.cli.cmd_viz", "viz", "Draw the paper's figures for a run (PNG files)."),
     "report": ("diffret_cli.cli.cmd_report", "report", "Write a self-contained HTML report of a run."),
+    "bench": ("diffret_cli.cli.cmd_bench", "bench", "Measure evaluation, stage-2 training and encoding speed."),
 }
 
 

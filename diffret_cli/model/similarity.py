@@ -8,6 +8,21 @@ MLP (softmax over the valid words), each frame likewise:
 
 Official detail kept: padded words/frames enter A as 0 (the mask multiplies A), not as
 -inf, so a padded entry competes in the max with value 0.
+
+Two ways to compute S, equal within float32 rounding:
+
+- :meth:`TokenWiseSimilarity.combine` on all L token slots: the training path (a small
+  [B,B] batch, with gradients);
+- :func:`wti_scores`, over valid tokens only: texts are grouped by their number of valid
+  tokens, so each group is one dense [n*L_valid, D] x [D, N_video*T] product. Padding is
+  more than half of the 32 text slots in MSRVTT, so this does less than half the work.
+  A padded word's weight is exactly 0 and its row of A is 0, so dropping it changes S
+  only through the max over words, which then competes with 0 (``clamp_min(0)``) when
+  the text has padding. ``forward`` uses it whenever no gradient is needed.
+
+The weight MLPs are frozen after stage 1: :meth:`prepare_text` / :meth:`prepare_video`
+compute them once per text/video (valid tokens only), and their outputs can be cached
+with the features and scored later with :func:`wti_scores`.
 """
 
 from __future__ import annotations
@@ -16,6 +31,8 @@ import torch
 from torch import nn
 
 MASK_FILL = -9e15
+#: entries of one block of A in :func:`wti_scores` (about 64 MB in float32)
+BLOCK_ELEMENTS = 1 << 24
 
 
 def _weight_mlp(width: int) -> nn.Sequential:
@@ -30,8 +47,14 @@ class TokenWiseSimilarity(nn.Module):
         self.chunk_size = chunk_size
 
     def weights(self, feat: torch.Tensor, mask: torch.Tensor, fc: nn.Module) -> torch.Tensor:
-        logit = fc(feat).squeeze(-1)
-        logit = logit.masked_fill(mask == 0, MASK_FILL)
+        """Masked softmax of the MLP's logits. The MLP runs on valid tokens only (a padded
+        token's logit is replaced by MASK_FILL anyway)."""
+        valid = mask != 0
+        logit = feat.new_full(mask.shape, MASK_FILL)
+        if valid.all():
+            logit = fc(feat).squeeze(-1)
+        else:
+            logit = logit.masked_scatter(valid, fc(feat[valid]).squeeze(-1))
         return torch.softmax(logit, dim=-1)
 
     def prepare_text(self, text_feat, text_mask):
@@ -55,9 +78,12 @@ class TokenWiseSimilarity(nn.Module):
         return (t2v + v2t) / 2.0
 
     def forward(self, text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
-        """S [Nt,Nv]; computed in blocks so [Nt,Nv,L,T] never exists for large galleries."""
+        """S [Nt,Nv]. Without gradients: :func:`wti_scores` (valid tokens only). With
+        them: :meth:`combine` in blocks so [Nt,Nv,L,T] never exists for large galleries."""
         t, tw = self.prepare_text(text_feat, text_mask)
         v, vw = self.prepare_video(video_feat, video_mask)
+        if not (torch.is_grad_enabled() and (t.requires_grad or v.requires_grad)):
+            return wti_scores(t, tw, text_mask, v, vw)
         n = self.chunk_size
         if t.shape[0] <= n and v.shape[0] <= n:
             return self.combine(t, tw, v, vw)
@@ -66,3 +92,43 @@ class TokenWiseSimilarity(nn.Module):
             rows.append(torch.cat([self.combine(t[i:i + n], tw[i:i + n], v[j:j + n], vw[j:j + n])
                                    for j in range(0, v.shape[0], n)], dim=1))
         return torch.cat(rows, dim=0)
+
+
+def wti_scores(t: torch.Tensor, tw: torch.Tensor, text_mask: torch.Tensor, v: torch.Tensor,
+               vw: torch.Tensor, *, block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
+    """S [Nt,Nv] (Eq. 10) over each text's valid tokens only.
+
+    ``t`` [Nt,L,D], ``tw`` [Nt,L] from :meth:`TokenWiseSimilarity.prepare_text` with its
+    ``text_mask`` [Nt,L]; ``v`` [Nv,T,D], ``vw`` [Nv,T] from ``prepare_video`` (padded
+    frames are zero rows there, so they stay: they compete in the max over frames with 0,
+    as in the official code, and their weight is 0).
+    """
+    nt, slots, d = t.shape
+    nv, nf, _ = v.shape
+    out = t.new_zeros(nt, nv)
+    if nt == 0 or nv == 0:
+        return out
+    frames = v.reshape(nv * nf, d)
+    valid = text_mask != 0
+    counts = valid.sum(dim=1)
+    # valid slots first, in their order (a stable sort of the mask), wherever they sit
+    order = torch.sort(valid.to(torch.int8), dim=1, descending=True, stable=True).indices
+    for n_valid in torch.unique(counts).tolist():
+        if n_valid == 0:
+            continue  # every word padded: A is 0, both sums are 0 (the official value)
+        rows = (counts == n_valid).nonzero().squeeze(1)
+        pos = order[rows, :n_valid]  # [n,L']
+        words = t[rows.unsqueeze(1), pos].reshape(-1, d)  # [n*L', D]
+        weights = tw[rows.unsqueeze(1), pos]  # [n,L']
+        padded = n_valid < slots  # then a padded word's 0 takes part in the max over words
+        step = max(1, block_elements // (words.shape[0] * nf))
+        for j in range(0, nv, step):
+            cols = slice(j, min(j + step, nv))
+            a = (words @ frames[cols.start * nf:cols.stop * nf].t()).view(len(rows), n_valid, -1, nf)
+            t2v = torch.einsum("nlb,nl->nb", a.amax(dim=-1), weights)
+            best = a.amax(dim=1)  # [n,b,T]
+            if padded:
+                best = best.clamp_min(0.0)
+            v2t = torch.einsum("nbf,bf->nb", best, vw[cols])
+            out[rows, cols] = (t2v + v2t) / 2.0
+    return out

@@ -5,11 +5,17 @@ x_t [B,K], the step t and the features of the query and its candidates. Paramete
 match the official state dict (``q_proj``, ``k_proj``, ``v_proj``, ``proj``,
 ``embed_timestep.time_embed``, ``decoder``), so an official checkpoint maps one to one.
 
-Speed: DDIM calls the denoiser 50 times on the same features. Everything that does not
-depend on the step is computed once in :meth:`prepare`: the text-frame pooling (Eq. 4),
-and the linear maps of the candidates, using linearity
-``Wk(v + c) = Wk v + Wk c`` and ``W1 [h; v] = W1_h h + W1_v v`` for the decoder's first
-layer. A step then costs a few [B,D] x [D,D] products plus one [B,K,2D] ReLU.
+Three ways to run the same function, each for one job:
+
+- :meth:`prepare` + :meth:`step` (and ``forward``): the paper's equations in order, with
+  what does not depend on the step (the text-frame pooling of Eq. 4 and the candidates'
+  projections, by linearity ``Wk(v + c) = Wk v + Wk c``) done once in ``prepare``;
+- :meth:`prepare_gallery` + :meth:`prepare_chunk` + :meth:`step`: the re-ranker's
+  sampling path (:mod:`.query_candidate_sampling`). Everything linear in the candidates
+  is folded out of the step loop, so a step is a K-wide softmax and a few K x D products
+  per query;
+- :meth:`forward_indexed`: stage-2 training on a batch's unique features plus candidate
+  indices (:mod:`.query_candidate_indexed`), without gathering [B,K,T,D].
 
 Official quirks kept by default (each has a switch):
 - the frame mask multiplies the softmax AFTER it is taken, with no renormalisation
@@ -25,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffret_cli.interfaces import Denoiser, DenoiserContext
+from diffret_cli.sdk import Denoiser, DenoiserContext
+from diffret_plugins.denoisers import query_candidate_indexed as indexed
+from diffret_plugins.denoisers import query_candidate_sampling as sampling
 
 
 def sinusoidal_table(length: int, width: int) -> torch.Tensor:
@@ -48,14 +56,6 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.time_embed(self.pe[t])
-
-
-def _masked_frame_softmax(logits: torch.Tensor, mask: torch.Tensor, renormalize: bool) -> torch.Tensor:
-    """Softmax over frames (last dim). Official: multiply by the mask after the softmax."""
-    mask = mask.to(logits.dtype)
-    if renormalize:
-        return torch.softmax(logits.masked_fill(mask == 0, float("-inf")), dim=-1).nan_to_num(0.0)
-    return torch.softmax(logits, dim=-1) * mask
 
 
 class _QueryCandidateDenoiser(Denoiser):
@@ -88,8 +88,19 @@ class _QueryCandidateDenoiser(Denoiser):
         return {"width": self.width, "temp": self.temp, "max_steps": self.max_steps,
                 "renormalize_frames": self.renormalize_frames, "scale_logits": self.scale_logits}
 
-    # shared halves of the decoder's first layer: W1 [h; c] = W1_h h + W1_c c + b1
-    def _decoder_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # ------------------------------------------------------------------ shared pieces
+    def frame_attention(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 4's weights: softmax over frames (last dim) of text.frame / temp. Official:
+        the mask multiplies the softmax after it is taken (no renormalisation)."""
+        logits = logits / self.temp
+        mask = mask.to(logits.dtype)
+        if self.renormalize_frames:
+            return torch.softmax(logits.masked_fill(mask == 0, float("-inf")), dim=-1).nan_to_num(0.0)
+        return torch.softmax(logits, dim=-1) * mask
+
+    def decoder_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W1_h, W1_c, b1): the decoder's first layer split by input,
+        W1 [h; c] + b1 = W1_h h + W1_c c + b1."""
         w1 = self.decoder[0].weight
         return w1[:, : self.width], w1[:, self.width:], self.decoder[0].bias
 
@@ -102,16 +113,51 @@ class _QueryCandidateDenoiser(Denoiser):
         k = k_c + F.linear(cond, self.k_proj.weight).unsqueeze(1)
         val = v_c + F.linear(cond, self.v_proj.weight).unsqueeze(1)
         if q.dim() == 2:
-            logits = torch.einsum("bd,bkd->bk", q, k)
+            logits = torch.bmm(k, q.unsqueeze(-1)).squeeze(-1)
         else:
             logits = (q * k).sum(-1)
         if self.scale_logits:
             logits = logits / math.sqrt(self.width)
         weight = torch.softmax(logits + x_t, dim=-1)
-        h = self.proj(torch.einsum("bk,bkd->bd", weight, val))
-        w1_h, _, _ = self._decoder_split()
+        h = self.proj(torch.bmm(weight.unsqueeze(1), val).squeeze(1))
+        w1_h, _, _ = self.decoder_split()
         hidden = torch.relu(dec_c + F.linear(h, w1_h).unsqueeze(1))
         return self.decoder[2](hidden).squeeze(-1) + weight
+
+    # --------------------------------------------------------------- the fast paths
+    def prepare_gallery(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor, *,
+                        timesteps: list[int]) -> sampling.Gallery:
+        """Sampling, once per gallery: the step tables for ``timesteps`` (the model-facing
+        step indices the sampler will pass) and what depends on single gallery items.
+        ``text`` [N,D] cls features, ``video`` [M,T,D] frames, ``video_mask`` [M,T]."""
+        return sampling.prepare_gallery(self, text, video, video_mask, timesteps=timesteps)
+
+    def prepare_chunk(self, gallery: sampling.Gallery, query_index: torch.Tensor,
+                      cand_index: torch.Tensor) -> DenoiserContext:
+        """Sampling, once per chunk of queries: ``query_index`` [B] rows of the query
+        modality (texts for t2v, videos for v2t), ``cand_index`` [B,K] rows of the other.
+        :meth:`step` on the result equals :meth:`step` on :meth:`prepare` of the gathered
+        features, within float32 rounding."""
+        return sampling.prepare_chunk(self, gallery, query_index, cand_index)
+
+    def forward_indexed(self, x_t: torch.Tensor, t: torch.Tensor, *, text: torch.Tensor, video: torch.Tensor,
+                        video_mask: torch.Tensor, query_index: torch.Tensor,
+                        cand_index: torch.Tensor) -> torch.Tensor:
+        """x0_hat [B,K] from unique features and indices (stage-2 training).
+
+        ``text`` [N,D], ``video`` [M,T,D], ``video_mask`` [M,T]; ``query_index`` [B] rows of
+        the query modality, ``cand_index`` [B,K] rows of the candidates'. Equals ``forward``
+        on the gathered features (t2v: ``text[query_index]``, ``video[cand_index]``; v2t:
+        ``text[cand_index]``, ``video[query_index]``) in value and gradient, within float32
+        rounding, but projects each unique frame/text once instead of B x K times."""
+        fn = indexed.forward_t2v if self.direction == "t2v" else indexed.forward_v2t
+        return fn(self, x_t, t, text=text, video=video, video_mask=video_mask, query_index=query_index,
+                  cand_index=cand_index)
+
+    def step(self, x_t, t, ctx) -> torch.Tensor:
+        if sampling.is_folded(ctx):
+            return sampling.step(self, x_t, t, ctx)
+        return self._explicit_step(x_t, t, ctx)
 
 
 class TextToVideoDenoiser(_QueryCandidateDenoiser):
@@ -121,10 +167,9 @@ class TextToVideoDenoiser(_QueryCandidateDenoiser):
 
     def prepare(self, text, video, video_mask) -> DenoiserContext:
         # Eq. 4: each candidate video pooled over its frames by attention to the text
-        logits = torch.einsum("bd,bktd->bkt", text, video) / self.temp
-        attn = _masked_frame_softmax(logits, video_mask, self.renormalize_frames)
+        attn = self.frame_attention(torch.einsum("bd,bktd->bkt", text, video), video_mask)
         pooled = torch.einsum("bkt,bktd->bkd", attn, video)
-        _, w1_c, b1 = self._decoder_split()
+        _, w1_c, b1 = self.decoder_split()
         return DenoiserContext({
             "q_text": F.linear(text, self.q_proj.weight),
             "k_c": F.linear(pooled, self.k_proj.weight),
@@ -132,7 +177,7 @@ class TextToVideoDenoiser(_QueryCandidateDenoiser):
             "dec_c": F.linear(pooled, w1_c, b1),
         }, state_shape=tuple(pooled.shape[:2]))
 
-    def step(self, x_t, t, ctx) -> torch.Tensor:
+    def _explicit_step(self, x_t, t, ctx) -> torch.Tensor:
         c = ctx.tensors
         cond = self.embed_timestep(t)
         q = c["q_text"] + F.linear(cond, self.q_proj.weight)
@@ -149,10 +194,9 @@ class VideoToTextDenoiser(_QueryCandidateDenoiser):
     direction = "v2t"
 
     def prepare(self, text, video, video_mask) -> DenoiserContext:
-        logits = torch.einsum("bkd,btd->bkt", text, video) / self.temp
-        attn = _masked_frame_softmax(logits, video_mask.unsqueeze(1), self.renormalize_frames)
+        attn = self.frame_attention(torch.einsum("bkd,btd->bkt", text, video), video_mask.unsqueeze(1))
         pooled = torch.einsum("bkt,btd->bkd", attn, video)
-        _, w1_c, b1 = self._decoder_split()
+        _, w1_c, b1 = self.decoder_split()
         return DenoiserContext({
             "q_video": F.linear(pooled, self.q_proj.weight),
             "k_c": F.linear(text, self.k_proj.weight),
@@ -160,7 +204,7 @@ class VideoToTextDenoiser(_QueryCandidateDenoiser):
             "dec_c": F.linear(text, w1_c, b1),
         }, state_shape=tuple(text.shape[:2]))
 
-    def step(self, x_t, t, ctx) -> torch.Tensor:
+    def _explicit_step(self, x_t, t, ctx) -> torch.Tensor:
         c = ctx.tensors
         cond = self.embed_timestep(t)
         q = c["q_video"] + F.linear(cond, self.q_proj.weight).unsqueeze(1)

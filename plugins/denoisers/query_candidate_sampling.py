@@ -1,0 +1,139 @@
+"""The query-candidate denoisers' sampling path: a DDIM step at the cost floor.
+
+A sampler calls the denoiser 50 times on the same features. Here everything that is
+linear in the candidates leaves the step loop (DIFFUSIONRET.md section 3; notation: c the
+step embedding, p_k candidate k's representation -- the pooled video for t2v, the text
+for v2t -- and w = softmax_K(logits + x_t)):
+
+- Eq. 5's logits are bilinear, q.k = (Wq(a + c)).(Wk(p_k + c)), so for every step index
+  they are a fixed [B,K] table, built once per chunk with one [B*K, D] x [D, S] product
+  (S = the steps the sampler uses): ``logit_table`` [S,B,K];
+- Eq. 6's h = Wp(sum_k w_k Wv(p_k + c)) + bp is linear in sum_k w_k p_k (the weights
+  sum to 1), and so is the decoder's first layer on it, W1_h h. With M = W1_h Wp Wv,
+  W1_h h = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp): ``mv`` [B,K,2D] once per chunk and
+  ``u_table`` [S,2D] once per gallery;
+- the decoder's candidate half, W1_c p_k + b1, is step-invariant: ``dec`` [B,K,2D].
+
+What remains per step: a lookup, a K-wide softmax, one [K] x [K,2D] product, the ReLU
+over [K,2D] and its dot with the last layer, per query. Candidate-only work (v2t: the
+texts' projections) is done once per gallery item, not once per (query, candidate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from diffret_cli.sdk import DenoiserContext
+
+
+@dataclass
+class Gallery:
+    """What a denoiser computes once per gallery for sampling: the features themselves,
+    per-step tables (row s = step index s) and per-item tables."""
+
+    direction: str
+    text: torch.Tensor  # [N,D]
+    video: torch.Tensor  # [M,T,D]
+    video_mask: torch.Tensor  # [M,T]
+    num_steps: int  # the tables cover step indices 0 .. num_steps - 1
+    tables: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def is_folded(ctx: DenoiserContext) -> bool:
+    return "logit_table" in ctx.tensors
+
+
+def _weights(den):
+    w1_h, w1_c, b1 = den.decoder_split()
+    return den.q_proj.weight, den.k_proj.weight, den.v_proj.weight, w1_h, w1_c, b1
+
+
+def prepare_gallery(den, text, video, video_mask, *, timesteps) -> Gallery:
+    steps = [int(s) for s in timesteps]
+    if not steps or min(steps) < 0:
+        raise ValueError(f"timesteps must be non-empty step indices >= 0, got {timesteps!r}")
+    n = max(steps) + 1
+    wq, wk, wv, w1_h, w1_c, b1 = _weights(den)
+    c = den.embed_timestep(torch.arange(n, device=wq.device))  # [S,D]: every step index the sampler may use
+    cq, ck, cv = F.linear(c, wq), F.linear(c, wk), F.linear(c, wv)
+    m = w1_h @ den.proj.weight @ wv  # [2D,D]: M = W1_h Wp Wv
+    tables = {
+        "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h),  # W1_h (Wp Wv c + bp) [S,2D]
+        "qkc": (cq * ck).sum(-1),  # (Wq c).(Wk c) [S]
+        # [W1_c; M] with bias [b1; 0]: one product gives the decoder half and M p
+        "w_cat": torch.cat([w1_c, m]), "b_cat": torch.cat([b1, torch.zeros_like(b1)]),
+    }
+    if den.direction == "t2v":
+        tables["r"] = cq @ wk  # Wk^T Wq c [S,D]: pooled . r_s = (Wq c).(Wk pooled)
+        tables["ck"] = ck
+    else:
+        kt = F.linear(text, wk)  # [N,D]
+        tables["z"] = kt @ wq  # Wq^T Wk text [N,D]: pooled . z = (Wq pooled).(Wk text)
+        tables["e"] = kt @ cq.t() + tables["qkc"]  # (Wq c).(Wk text) + (Wq c).(Wk c) [N,S]
+        tables["y"] = ck @ wq  # Wq^T Wk c [S,D]: pooled . y_s = (Wq pooled).(Wk c)
+        tables["dm"] = F.linear(text, tables["w_cat"], tables["b_cat"])  # [N,4D]: W1_c text + b1 | M text
+    return Gallery(den.direction, text, video, video_mask, n, tables)
+
+
+def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserContext:
+    if gallery.direction != den.direction:
+        raise ValueError(f"a {gallery.direction} gallery given to the {den.direction} denoiser")
+    tb, d = gallery.tables, den.width
+    b, k = cand_index.shape
+    if den.direction == "t2v":
+        text = gallery.text[query_index]  # [B,D]
+        frames = gallery.video[cand_index]  # [B,K,T,D]
+        # Eq. 4, in the official einsum's summation order (the softmax magnifies rounding)
+        attn = den.frame_attention(torch.einsum("bd,bktd->bkt", text, frames), gallery.video_mask[cand_index])
+        pooled = torch.einsum("bkt,bktd->bkd", attn, frames)  # [B,K,D]
+        dm = F.linear(pooled, tb["w_cat"], tb["b_cat"])  # [B,K,4D]
+        q = F.linear(text, den.q_proj.weight)  # Wq text [B,D]
+        r = q @ den.k_proj.weight  # Wk^T Wq text: pooled . r = (Wq text).(Wk pooled)
+        table = (F.linear(pooled, tb["r"])  # (Wq c).(Wk pooled) [B,K,S]
+                 + torch.bmm(pooled, r.unsqueeze(-1))  # (Wq text).(Wk pooled) [B,K,1]
+                 + (F.linear(q, tb["ck"]) + tb["qkc"]).unsqueeze(1))  # (Wq text).(Wk c) + (Wq c).(Wk c)
+    else:
+        frames = gallery.video[query_index]  # [B,T,D]
+        text = gallery.text[cand_index]  # [B,K,D]
+        attn = den.frame_attention(torch.einsum("bkd,btd->bkt", text, frames),
+                                   gallery.video_mask[query_index].unsqueeze(1))  # Eq. 4, [B,K,T]
+        pooled = torch.einsum("bkt,btd->bkd", attn, frames)  # the query video pooled per candidate text [B,K,D]
+        dm = tb["dm"][cand_index]
+        table = ((pooled * tb["z"][cand_index]).sum(-1, keepdim=True) + F.linear(pooled, tb["y"])
+                 + tb["e"][cand_index])
+    if den.scale_logits:
+        table = table / math.sqrt(d)
+    return DenoiserContext({
+        "logit_table": table.permute(2, 0, 1).contiguous(),  # [S,B,K]: row s = the logits at step s
+        "u_table": tb["u"],
+        "dec": dm[..., : 2 * d],
+        "mv": dm[..., 2 * d:],
+    }, state_shape=(b, k))
+
+
+#: queries per block of the per-step decoder on CPU: a block's [K,2D] tensors stay in
+#: cache across the three passes over them (add, ReLU, last layer); one block on GPU
+CPU_BLOCK = 16
+
+
+def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
+    """One model call on a folded context: equals the explicit step within rounding."""
+    c = ctx.tensors
+    b = x_t.shape[0]
+    rows = torch.arange(b, device=x_t.device)
+    weight = torch.softmax(c["logit_table"][t, rows] + x_t, dim=-1)  # Eq. 5
+    u_c = c["u_table"][t].unsqueeze(1)  # [B,1,2D]
+    out = den.decoder[2]
+    block = b if x_t.device.type != "cpu" else CPU_BLOCK
+    parts = []
+    for i in range(0, b, block):
+        j = slice(i, i + block)
+        # W1_h h = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp)   (Eq. 6 and the decoder's first layer)
+        u = torch.baddbmm(u_c[j], weight[j].unsqueeze(1), c["mv"][j])  # [b,1,2D]
+        hidden = (c["dec"][j] + u).clamp_min_(0.0)
+        parts.append(F.linear(hidden, out.weight, out.bias).squeeze(-1))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)) + weight
