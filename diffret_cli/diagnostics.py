@@ -33,23 +33,30 @@ __all__ = ["rank_moves", "topk_ceiling", "sample_accuracy", "record_arrays", "di
            "rerank_diagnostics"]
 
 
+def _number(x: float) -> int | float:
+    """A whole number as an int (JSON ``3``, not ``3.0``), else the float (a tie's half rank)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
 def rank_moves(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
-    """How re-ranking moved each query's ground truth: ``before``/``after`` are 1-based ranks
-    of the same queries. ``histogram`` maps ranks gained (positive: moved up) to a count."""
-    before = np.asarray(before, dtype=np.int64)
-    after = np.asarray(after, dtype=np.int64)
+    """How re-ranking moved each query's ground truth: ``before``/``after`` are the 1-based
+    ranks of the same queries as :mod:`diffret_cli.metrics` gives them (expected ranks: a
+    tie counts half, so a rank can end in .5). ``histogram`` maps ranks gained (positive:
+    moved up) to a count of queries."""
+    before = np.asarray(before, dtype=np.float64)
+    after = np.asarray(after, dtype=np.float64)
     if before.shape != after.shape:
         raise ValueError(f"before {before.shape} and after {after.shape} must hold the same queries")
     gain = before - after
     up, down = gain[gain > 0], -gain[gain < 0]
 
     def summary(x: np.ndarray) -> dict[str, float]:
-        return {"mean": float(x.mean()) if x.size else 0.0, "max": int(x.max()) if x.size else 0}
+        return {"mean": float(x.mean()) if x.size else 0.0, "max": _number(x.max()) if x.size else 0}
 
     return {"queries": int(gain.size), "up": int(up.size), "down": int(down.size),
             "same": int((gain == 0).sum()), "ranks_up": summary(up), "ranks_down": summary(down),
             "mean_gain": float(gain.mean()) if gain.size else 0.0,
-            "histogram": {int(k): int(v) for k, v in sorted(Counter(gain.tolist()).items())}}
+            "histogram": {_number(k): int(v) for k, v in sorted(Counter(gain.tolist()).items())}}
 
 
 def topk_ceiling(is_gt: np.ndarray) -> dict[str, Any]:
@@ -70,10 +77,13 @@ def _top1_credit(values: np.ndarray, is_gt: np.ndarray) -> np.ndarray:
 
 
 def _rank_in_k(values: np.ndarray, is_gt: np.ndarray) -> np.ndarray:
-    """1-based rank of the best ground truth among the K by ``values`` (strictly-higher
-    count, as diffret_cli.metrics ranks the gallery)."""
+    """Expected 1-based rank of the best ground truth among the K by ``values``: 1 + the
+    other candidates strictly above it + half of those tied with it (the tie convention of
+    :mod:`diffret_cli.metrics`)."""
     best_gt = np.where(is_gt, values, -np.inf).max(axis=1, keepdims=True)
-    return (values > best_gt).sum(axis=1) + 1
+    above = ((values > best_gt) & ~is_gt).sum(axis=1)
+    tied = ((values == best_gt) & ~is_gt).sum(axis=1)
+    return 1 + above + tied / 2
 
 
 def sample_accuracy(samples: np.ndarray, is_gt: np.ndarray) -> dict[str, Any]:

@@ -22,6 +22,10 @@ def test_rank_moves_counts_and_sizes():
     assert m["mean_gain"] == pytest.approx((2 + 0 - 1 + 0 + 4 - 1) / 6)
     with pytest.raises(ValueError):
         rank_moves(before, after[:3])
+    # expected ranks of ties end in .5: kept, not truncated
+    half = rank_moves(np.array([2.5, 1.0]), np.array([1.0, 1.5]))
+    assert half["histogram"] == {-0.5: 1, 1.5: 1} and half["ranks_up"] == {"mean": 1.5, "max": 1.5}
+    assert (half["up"], half["down"], half["same"]) == (1, 1, 0)
 
 
 def test_topk_ceiling():
@@ -41,8 +45,8 @@ def test_sample_accuracy_against_stage1_and_chance():
     assert a["sample_top1"] == pytest.approx(100 * (1 + 0 + 0.5) / 3)
     assert a["stage1_top1"] == pytest.approx(100 * (0 + 1 + 0) / 3)
     assert a["chance_top1"] == pytest.approx(25.0)
-    # ranks of the gt by the sample: 1, 4, 1 (tie counts as strictly-higher only)
-    assert a["sample_mean_rank"] == pytest.approx((1 + 4 + 1) / 3)
+    # ranks of the gt by the sample: 1, 4, 1.5 (tied with one other: half a rank, as metrics counts ties)
+    assert a["sample_mean_rank"] == pytest.approx((1 + 4 + 1.5) / 3)
     assert a["stage1_mean_rank"] == pytest.approx((3 + 1 + 2) / 3)
     assert a["chance_mean_rank"] == pytest.approx(2.5)  # (K + 1) / 2
     # a constant sample is no better than chance (random tie-break), never 100%

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from diffret_cli.errors import ConfigError
+from diffret_cli.metrics import ranks_from_scores
 from diffret_cli.viz.frames import GT_COLOR, OTHER_COLOR, model_frames, new_figure
 
 __all__ = ["text_frame_attention", "draw_attention", "attention_figure"]
@@ -105,7 +106,8 @@ def attention_figure(scores, *, model, caption: int, video: int | None = None):
             raise ConfigError(f"video {video} is out of range ({len(scores.video_ids)} videos)",
                               hint=f"pass --video 0..{len(scores.video_ids) - 1}")
         videos = [video]
-    ranks = (scores.stage1[caption][None, :] > scores.stage1[caption][videos][:, None]).sum(1) + 1
+    # each video's rank for this caption, as diffret_cli.metrics ranks (ties count half)
+    ranks = ranks_from_scores(scores.stage1[caption:caption + 1].expand(len(videos), -1), np.array(videos))
     max_frames = model.config["max_frames"]
     rows = []
     for v, rank in zip(videos, ranks.tolist()):
@@ -114,6 +116,6 @@ def attention_figure(scores, *, model, caption: int, video: int | None = None):
         w = text_frame_attention(model.denoiser_t2v, scores.text.cls[caption], scores.video.frames[v],
                                  scores.video.mask[v])
         kind = "ground truth" if v == gt else "best other video"
-        rows.append({"label": f"{kind}: {vid} (stage-1 rank {rank}, S {float(scores.stage1[caption, v]):.3f})",
+        rows.append({"label": f"{kind}: {vid} (stage-1 rank {rank:g}, S {float(scores.stage1[caption, v]):.3f})",
                      "frames": frames, "weights": w[:len(frames)], "ground_truth": v == gt})
     return draw_attention(scores.captions[caption], rows)

@@ -37,31 +37,34 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def curves_figure(records: list[dict]):
-    """Two panels: ``loss`` (training loss against the step within the run, per stage) and
-    ``validation`` (the validation score after each epoch, per stage)."""
-    fig = new_figure(9.0, 3.0)
-    loss_ax, val_ax = fig.subplots(1, 2)
-    loss_ax.set_label("loss")
-    val_ax.set_label("validation")
-    for stage in sorted({r["stage"] for r in records if "stage" in r}):
-        color = STAGE_COLORS.get(stage)
+    """One ``loss:<stage>`` panel per stage (its losses differ in kind and scale: InfoNCE,
+    then the generation loss) against the optimizer step, and a ``validation`` panel (the
+    model-selection score after each epoch, per stage)."""
+    from matplotlib.ticker import MaxNLocator
+
+    stages = sorted({r["stage"] for r in records if "stage" in r and "loss" in r})
+    fig = new_figure(3.3 * (len(stages) + 1) + 0.4, 3.0)
+    axes = fig.subplots(1, len(stages) + 1, squeeze=False)[0]
+    for ax, stage in zip(axes, stages):
+        ax.set_label(f"loss:{stage}")
         pts = [(r.get("global_step", r.get("step")), r["loss"]) for r in records
                if r.get("stage") == stage and "loss" in r]
-        if pts:
-            x, y = np.array(pts, dtype=float).T
-            loss_ax.plot(x, y, color=color, linewidth=1, label=f"stage {stage}")
+        x, y = np.array(pts, dtype=float).T
+        ax.plot(x, y, color=STAGE_COLORS.get(stage), linewidth=1)
+        ax.set_title(f"stage {stage}: training loss", fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+    val_ax = axes[-1]
+    val_ax.set_label("validation")
+    for stage in sorted({r["stage"] for r in records if "stage" in r and "val_score" in r}):
         val = [(r["epoch"] + 1, r["val_score"]) for r in records if r.get("stage") == stage and "val_score" in r]
-        if val:
-            x, y = np.array(val, dtype=float).T
-            val_ax.plot(x, y, marker="o", color=color, label=f"stage {stage}")
-    loss_ax.set_xlabel("optimizer step", fontsize=8)
-    loss_ax.set_ylabel("training loss", fontsize=8)
-    loss_ax.set_title("training loss", fontsize=9)
+        x, y = np.array(val, dtype=float).T
+        val_ax.plot(x, y, marker="o", color=STAGE_COLORS.get(stage), label=f"stage {stage}")
     val_ax.set_xlabel("epoch", fontsize=8)
     val_ax.set_ylabel("validation t2v Rsum", fontsize=8)
-    val_ax.set_title("validation (model selection score)", fontsize=9)
-    for ax in (loss_ax, val_ax):
+    val_ax.set_title("validation (model selection)", fontsize=9)
+    val_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if val_ax.get_lines():
+        val_ax.legend(fontsize=7)
+    for ax in axes:
         ax.tick_params(labelsize=7)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
     return fig

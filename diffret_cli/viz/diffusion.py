@@ -106,9 +106,16 @@ def _query_title(scores, direction: str, query: int) -> str:
     return f"video-to-text, video {query} ({scores.video_ids[query]})"
 
 
-def _gt_rank(matrix: torch.Tensor, row: int, gt_cols: np.ndarray) -> int:
-    s = matrix[row].float()
-    return int((s > s[torch.as_tensor(gt_cols)].max()).sum()) + 1
+def _gt_rank(scores, direction: str, query: int, fused: bool) -> float:
+    """The query's ground-truth rank as diffret_cli.metrics ranks it (ties count half)."""
+    from diffret_cli.metrics import t2v_ranks, v2t_ranks
+
+    cv = scores.caption_video
+    if direction == "t2v":
+        m = scores.t2v if fused else scores.stage1
+        return float(t2v_ranks(m[query:query + 1], cv[query:query + 1])[0])
+    m = scores.v2t if fused else scores.stage1.t()
+    return float(v2t_ranks(m, cv)[np.searchsorted(np.unique(cv), query)])
 
 
 def diffusion_figure(scores, *, query: int, direction: str = "t2v", snapshots: int = 4, model=None):
@@ -133,18 +140,19 @@ def diffusion_figure(scores, *, query: int, direction: str = "t2v", snapshots: i
     cv = scores.caption_video
     if direction == "t2v":
         gt_cols = np.array([cv[query]])
-        base, fused = scores.stage1, scores.t2v
+        base = scores.stage1
         names = [scores.video_ids[c] for c in cand]
     else:
         gt_cols = np.flatnonzero(cv == query)
-        base, fused = scores.stage1.t(), scores.v2t
+        base = scores.stage1.t()
         names = [f"caption {c}" for c in cand]
     gt_pos = [i for i, c in enumerate(cand) if c in set(gt_cols.tolist())]
     labels = [f"{i + 1}. {name} (S {float(base[query, c]):.2f})" for i, (name, c) in enumerate(zip(names, cand))]
     title = _query_title(scores, direction, query)
     if len(gt_cols):
-        title += (f"\nground truth rank: stage 1 {_gt_rank(base, query, gt_cols)} -> re-ranked "
-                  f"{_gt_rank(fused, query, gt_cols)}" + ("" if gt_pos else f" (not among the top {len(cand)})"))
+        title += (f"\nground truth rank: stage 1 {_gt_rank(scores, direction, query, False):g} -> re-ranked "
+                  f"{_gt_rank(scores, direction, query, True):g}"
+                  + ("" if gt_pos else f" (not among the top {len(cand)})"))
     return draw_diffusion(states, step_labels=scores.step_labels, gt_positions=gt_pos, candidate_labels=labels,
                           title=title, snapshots=snapshots)
 

@@ -95,6 +95,6 @@ def examples_figure(scores, *, model, queries: list[int] | None = None, count: i
                     thumbs[vid] = strip(model_frames(scores.split, vid, max_frames), frames_per_video)
                 cells.append({"video_id": vid, "score": s, "ground_truth": v == int(cv[q]), "image": thumbs[vid]})
             rank = before[q] if label == "stage 1" else after[q]
-            rows.append((f"{label}\n(gt rank {rank})", cells))
+            rows.append((f"{label}\n(gt rank {rank:g})", cells))
         items.append({"query": f"caption {q}: \u201c{scores.captions[q]}\u201d", "rows": rows})
     return draw_examples(items, top=top)

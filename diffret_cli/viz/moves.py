@@ -20,16 +20,22 @@ def moves_figure(diagnostics: dict, *, title: str = ""):
     axes = np.atleast_1d(fig.subplots(1, len(directions), squeeze=False)[0])
     for ax, d in zip(axes, directions):
         m = diagnostics[d]["moves"]
-        hist = {int(k): int(v) for k, v in m["histogram"].items()}
+        hist = {float(k): int(v) for k, v in m["histogram"].items()}  # JSON keys are strings
         x = np.array(sorted(hist))
         y = np.array([hist[k] for k in x])
         ax.set_label(f"moves:{d}")
-        ax.bar(x, y, color=[GT_COLOR if k > 0 else DOWN_COLOR if k < 0 else OTHER_COLOR for k in x])
+        # ranks are whole numbers, or end in .5 where a tie counts half
+        step = 0.5 if np.any(x % 1) else 1.0
+        bars = ax.bar(x, y, width=0.8 * step,
+                      color=[GT_COLOR if k > 0 else DOWN_COLOR if k < 0 else OTHER_COLOR for k in x])
+        ax.bar_label(bars, fontsize=7)
         ax.set_title(f"{title}{d}: up {m['up']}, down {m['down']}, same {m['same']} (of {m['queries']})",
                      fontsize=8)
-        ax.set_xlabel("ranks gained by re-ranking", fontsize=7)
+        ax.set_xlabel("ranks gained by re-ranking (> 0: moved up)", fontsize=7)
         ax.set_ylabel("queries", fontsize=7)
+        if x.size:
+            ax.set_xticks(x if x.size <= 15 else x[:: int(np.ceil(x.size / 15))])
+            ax.set_xlim(x.min() - step, x.max() + step)
+            ax.set_ylim(0, y.max() * 1.15)
         ax.tick_params(labelsize=7)
-        if y.size:
-            ax.set_yscale("log")  # "left alone" usually dwarfs the moves
     return fig
