@@ -9,6 +9,8 @@ numbers). ``diffret eval`` and the end of ``diffret train`` build an
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 import yaml
 
 from diffret_cli.diagnostics import rerank_diagnostics
-from diffret_cli.errors import ConfigError
+from diffret_cli.errors import ConfigError, PluginError
 from diffret_cli.features import SplitTexts, encode_texts, encode_videos, resolve_device, resolve_precision
 from diffret_cli.fileio import atomic_write_json
 from diffret_cli.metrics import retrieval_metrics
@@ -55,6 +57,8 @@ class EvalSettings:
     num_workers: int = 0  # frame-loading processes
     splits: tuple[str, ...] = ("test",)
     out_domain: tuple[EvalTarget, ...] = field(default_factory=tuple)
+    #: sampler arguments that override the model's at inference (e.g. ``{"eta": 0.5}``)
+    sampler_args: dict = field(default_factory=dict)
 
     @classmethod
     def from_recipe(cls, recipe: dict) -> "EvalSettings":
@@ -120,8 +124,9 @@ def evaluate_split(model, split, settings: EvalSettings | None = None, *, encode
         t1 = time.perf_counter()
         g = torch.Generator(device=device).manual_seed(settings.seed)
         record = {} if record is None else record  # the diagnostics read the candidates and samples
-        fused = model.rerank(sim, tf, vf, steps=settings.steps, topk_t2v=settings.topk_t2v,
-                             topk_v2t=settings.topk_v2t, generator=g, record=record)
+        with sampler_overrides(model, settings.sampler_args):
+            fused = model.rerank(sim, tf, vf, steps=settings.steps, topk_t2v=settings.topk_t2v,
+                                 topk_v2t=settings.topk_v2t, generator=g, record=record)
         rows["diffusion"] = retrieval_metrics(fused[0], fused[1], texts.caption_video)
         t_rerank = time.perf_counter() - t1
     if qb_bank:
@@ -146,12 +151,72 @@ def evaluate_split(model, split, settings: EvalSettings | None = None, *, encode
         # numbers are then not comparable with the published protocol
         "num_videos_unavailable": len(getattr(split, "skipped", []) or []),
         "timing_s": {"encode": round(encoded.seconds, 3), "rerank": round(t_rerank, 3)},
-        "settings": {"steps": settings.steps or model.default_steps(),
+        "settings": {"steps": settings.steps if settings.steps is not None else model.default_steps(),
+                     "sampler_args": dict(settings.sampler_args),
                      "topk_t2v": settings.topk_t2v or rr.get("topk_t2v"),
                      "topk_v2t": settings.topk_v2t or rr.get("topk_v2t"),
                      "seed": settings.seed, "precision": precision,
                      "qb_norm": {"beta": settings.qb_norm_beta, "k": settings.qb_norm_k} if qb_bank else None},
     }
+
+
+@contextlib.contextmanager
+def sampler_overrides(model, args: dict):
+    """The model's sampler built with ``args`` on top of its own arguments, for the
+    duration of the block (any family: models build their sampler from
+    ``config["sampler"]``)."""
+    if not args:
+        yield
+        return
+    saved = copy.deepcopy(model.config["sampler"])
+    model.config["sampler"] = {**saved, "args": {**saved.get("args", {}), **args}}
+    try:
+        try:
+            model.make_sampler()  # a bad argument fails here, naming the sampler
+        except (TypeError, PluginError) as exc:
+            raise ConfigError(f"sampler {saved['name']!r} rejects the arguments {args}: "
+                              f"{getattr(exc, 'message', exc)}",
+                              hint=f"sweep a setting ({', '.join(SWEEP_SETTINGS)}) or an argument the "
+                              "sampler takes (`diffret plugins list --kind samplers`)") from exc
+        yield
+    finally:
+        model.config["sampler"] = saved
+
+
+#: EvalSettings fields a sweep can vary; any other key is a sampler argument
+SWEEP_SETTINGS = ("steps", "topk", "topk_t2v", "topk_v2t", "seed")
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """``"steps=0,1,5"`` -> ("steps", [0, 1, 5]); values are YAML scalars."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ConfigError(f"--sweep {text!r} is not KEY=V1,V2,...",
+                          hint="e.g. --sweep steps=0,1,5,10,20 or --sweep eta=0,0.5,1")
+    return key.strip(), [yaml.safe_load(v.strip()) for v in values.split(",")]
+
+
+def sweep_settings(settings: EvalSettings, key: str, value) -> EvalSettings:
+    """``settings`` with one swept setting (or sampler argument) set to ``value``."""
+    if key == "topk":
+        return replace(settings, topk_t2v=value, topk_v2t=value)
+    if key in SWEEP_SETTINGS:
+        return replace(settings, **{key: value})
+    return replace(settings, sampler_args={**settings.sampler_args, key: value})
+
+
+def evaluate_sweep(run_dir: Path, key: str, values: list, *, settings: EvalSettings | None = None,
+                   targets: list[EvalTarget] | None = None, data_root: Path | None = None
+                   ) -> list[tuple[object, list[dict[str, Any]]]]:
+    """One evaluation per value of ``key`` (an EvalSettings field such as ``steps``, or
+    any argument of the model's sampler), the model loaded once: [(value, results)]."""
+    from diffret_cli.checkpoint import load_model, resolve_checkpoint_dir
+
+    recipe = load_run_recipe(Path(run_dir)) or {}
+    settings = settings or EvalSettings.from_recipe(recipe)
+    model = load_model(resolve_checkpoint_dir(Path(run_dir)))
+    return [(v, evaluate_run(run_dir, settings=sweep_settings(settings, key, v), targets=targets,
+                             data_root=data_root, model=model, save=False)) for v in values]
 
 
 def evaluate_dataset(model, target: EvalTarget, settings: EvalSettings, *, data_root: Path | None = None,

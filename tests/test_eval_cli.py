@@ -134,3 +134,21 @@ def test_eval_reproduces_the_end_of_training_table(trained, capsys):
     assert again["rows"] == at_train_end["rows"]
     other = _eval([str(run_dir), "--seed", "8"], data_root)
     assert other["rows"]["stage1"] == at_train_end["rows"]["stage1"]  # the seed only moves the noise
+
+
+def test_sweep_one_row_per_value_and_sampler_arguments(trained):
+    run_dir, data_root = trained
+    swept = _eval([str(run_dir), "--sweep", "steps=1,3", "--no-rerank"], data_root)
+    assert [(s["key"], s["value"]) for s in swept] == [("steps", 1), ("steps", 3)]
+    assert [s["results"][0]["settings"]["steps"] for s in swept] == [1, 3]
+    # a sampler argument: DDIM's eta; stage 1 never moves, the diffusion rows may
+    swept = _eval([str(run_dir), "--sweep", "eta=0,1.0", "--steps", "4"], data_root)
+    a, b = (s["results"][0] for s in swept)
+    assert (a["settings"]["sampler_args"], b["settings"]["sampler_args"]) == ({"eta": 0}, {"eta": 1.0})
+    assert a["rows"]["stage1"] == b["rows"]["stage1"]
+    # the model is left as it was
+    from diffret_cli import api
+
+    assert api.load(run_dir).config["sampler"]["args"] == {}
+    res = CliRunner().invoke(cli, ["eval", str(run_dir), "--data-root", str(data_root), "--sweep", "nonsense=1"])
+    assert res.exit_code != 0 and "rejects the arguments" in str(res.exception) + res.output

@@ -13,6 +13,7 @@ Examples:
   diffret eval runs/msrvtt --steps 10 --topk 16
   diffret eval runs/msrvtt --qb-norm --json
   diffret eval --out-domain msrvtt:didemo
+  diffret eval runs/dits-msrvtt --sweep steps=0,1,5,10,20
   diffret eval checkpoints/converted --dataset msrvtt --split test"""
 
 
@@ -23,8 +24,9 @@ Examples:
 @click.option("--out-domain", default=None, metavar="SRC:TGT",
               help="Model trained on SRC, evaluated on TGT's test split beside SRC's own.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampler steps at inference (default: the recipe's eval.steps, else the model's).")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Sampler steps at inference (default: the recipe's eval.steps, else the model's; "
+              "0 is valid only for a truncated sampler such as DITS).")
 @click.option("--topk", type=click.IntRange(min=1), default=None,
               help="Candidates re-ranked per query, both directions (default: the recipe's / model's).")
 @click.option("--no-rerank", is_flag=True, help="Stage-1 scores only.")
@@ -36,11 +38,14 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Frame-loading processes for video encoding (0: in this process).")
+@click.option("--sweep", default=None, metavar="KEY=V1,V2,...",
+              help="One evaluation per value of a setting (steps, topk, topk_t2v, topk_v2t, seed) or of any "
+              "sampler argument; one table, a row per value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON to stdout instead of tables.")
 def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str | None, out_domain: str | None,
              data_root: Path | None, steps: int | None, topk: int | None, no_rerank: bool, qb_norm: bool,
              qb_bank_size: int | None, seed: int | None, device: str | None, batch_size: int | None,
-             workers: int | None, as_json: bool) -> None:
+             workers: int | None, sweep: str | None, as_json: bool) -> None:
     """Evaluate a run directory or checkpoint: R@1/5/10/50, MdR, MnR, Rsum, both directions,
     for the stage-1 scores and the diffusion re-ranked scores.
 
@@ -74,6 +79,17 @@ def eval_cmd(run_or_checkpoint: Path | None, dataset: str | None, split: str | N
         steps=steps, topk_t2v=topk, topk_v2t=topk, qb_norm=qb_norm or None, qb_bank_size=qb_bank_size,
         seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         rerank=False if no_rerank else None)
+    if sweep:
+        from diffret_cli.cli.tables import print_sweep
+
+        key, values = ev.parse_sweep(sweep)
+        swept = ev.evaluate_sweep(run_or_checkpoint, key, values, settings=settings, targets=targets,
+                                  data_root=data_root)
+        if as_json:
+            click.echo(json.dumps([{"key": key, "value": v, "results": r} for v, r in swept], indent=2))
+        else:
+            print_sweep(key, swept)
+        return
     results = ev.evaluate_run(run_or_checkpoint, settings=settings, targets=targets, data_root=data_root)
     if as_json:
         keyed = {f"{r['role']}:{r['dataset']}": r for r in results}

@@ -50,3 +50,25 @@ def print_summary(results: list[dict]) -> None:
     parts = [f"in-domain {own[0]['rows'][row]['t2v']['R@1']:.1f}"]
     parts += [f"out-of-domain {r['dataset']} {r['rows'][row]['t2v']['R@1']:.1f}" for r in other if row in r["rows"]]
     click.echo(f"text-to-video R@1 ({row}): " + ", ".join(parts))
+
+
+def print_sweep(key: str, sweep: list[tuple[object, list[dict]]]) -> None:
+    """One table per evaluation target, one row per swept value (the generative rows,
+    both directions; stage 1 alone where a value turned the generative stage off)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ("R@1", "R@5", "R@10", "MdR", "MnR")
+    for i, first in enumerate(sweep[0][1]):
+        table = Table(title=f"{result_title(first)}: sweep of {key}")
+        table.add_column(key, justify="right")
+        table.add_column("scores")
+        for d in ("t2v", "v2t"):
+            for c in cols:
+                table.add_column(f"{d} {c}", justify="right")
+        for value, results in sweep:
+            rows = results[i]["rows"]
+            name = "diffusion" if "diffusion" in rows else "stage1"
+            r = rows[name]
+            table.add_row(str(value), name, *[f"{r[d][c]:.1f}" for d in ("t2v", "v2t") for c in cols])
+        Console().print(table)

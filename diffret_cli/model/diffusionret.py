@@ -135,7 +135,7 @@ class DiffusionRet(nn.Module):
         all of the schedule's)."""
         from diffret_cli.rerank import rerank
 
-        sampler = self.make_sampler(sample_steps=steps) if steps else self.make_sampler()
+        sampler = self.make_sampler(sample_steps=steps) if steps is not None else self.make_sampler()
         return rerank(sim, model=self, text_cls=text.cls, video_frames=video.frames, video_mask=video.mask,
                       sampler=sampler, topk_t2v=topk_t2v, topk_v2t=topk_v2t, generator=generator,
                       record=record)
