@@ -1,95 +1,167 @@
-"""Re-ranking a whole gallery: diffret's batched path against the official per-query loop.
+"""Evaluation from cached features: diffret against the official loops, same process.
 
-The official evaluation re-ranks text by text: for each query it gathers its top-K
-candidates in Python, runs the DDIM loop on that one query, and scatters the bonus back
-entry by entry. diffret gathers and scatters with tensor indexing per chunk of queries
-and runs the sampler once per chunk (with the denoiser's step-invariant work done once).
-Both are run here, in the same process, on the same random features and the same noise;
-the fused score matrices must agree to float32 rounding.
+Three paths over the same random features of the official shapes (32 word slots with
+8-20 used, 12 frames, width 512), the same weights and the same DDIM start noise, N
+texts x N videos, top K, both directions:
 
-    python bench/bench_rerank.py                 # N=256 texts and videos, K=32, 50 steps
-    python bench/bench_rerank.py --n 1000 --device cuda
+  official  the official evaluation's structure (bench/official_baseline.py): similarity
+            in 32 x 32 blocks with the weight MLPs rerun per block over all 32 word
+            slots; re-ranking per block of 32 queries with Python gathers and scatters and
+            a denoiser that recomputes everything at every step;
+  before    diffret before the fast paths: the all-slot similarity in 256 x 256 blocks,
+            and re-ranking with ``prepare`` once per chunk and the explicit ``step``;
+  diffret   what ``diffret eval`` runs now (:func:`diffret_cli.bench.run_eval`): the
+            similarity over valid tokens only, the weight MLPs once per text/video, and
+            folded DDIM steps (``prepare_gallery`` / ``prepare_chunk``).
+
+The fused matrices of all three must agree to float32 rounding; the script prints
+seconds per phase and the speed-ups, and fails if the paths disagree.
+
+    python bench/bench_rerank.py                          # N=1000, K=32, 50 steps
+    python bench/bench_rerank.py --n 256 --skip-official  # quick look
+    python bench/bench_rerank.py --threads 1 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
 
-from diffret_cli.registry import create
+from diffret_cli.bench import EvalParts, PhaseTimer, official_shape_features, run_eval
+from diffret_cli.bench.evaluation import make_sampler
 from diffret_cli.rerank import rerank_direction
+from official_baseline import official_rerank_direction, official_similarity
 
 
-def per_query_loop(scores, *, denoiser, sampler, text_cls, video_frames, video_mask, topk, noise):
-    """The official structure: one query at a time, Python gather/scatter, forward() per step."""
-    out = scores.clone()
-    for q in range(scores.shape[0]):
-        base, cand = scores[q].topk(topk, sorted=True)
-        video = torch.stack([video_frames[int(c)] for c in cand])[None]
-        mask = torch.stack([video_mask[int(c)] for c in cand])[None]
-        text = text_cls[q:q + 1]
-        sample = sampler.sample(lambda x, t: denoiser(x, t, text, video, mask), noise[q:q + 1]).sample[0]
-        bonus = torch.softmax(sample, dim=-1)
-        for j, c in enumerate(cand.tolist()):
-            out[q, c] = base[j] + bonus[j]
-    return out
+class Explicit(torch.nn.Module):
+    """A denoiser seen without its gallery protocol: the re-ranker then gathers the
+    candidates and runs ``prepare`` + the explicit ``step`` (diffret before #11)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.direction = inner, inner.direction
+
+    def prepare(self, *args):
+        return self.inner.prepare(*args)
+
+    def step(self, *args):
+        return self.inner.step(*args)
+
+    def fuse(self, *args, **kwargs):
+        return self.inner.fuse(*args, **kwargs)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=256, help="texts = videos in the gallery")
+def noise_for(noise: dict, chunk: int):
+    return lambda direction, i, shape: noise[direction][i * chunk:i * chunk + shape[0]]
+
+
+@torch.no_grad()
+def run_before(f, parts, *, topk, steps, chunk, noise, timer):
+    sim_mod = parts.similarity
+    with timer.phase("similarity"):
+        t, tw = sim_mod.prepare_text(f.tokens, f.text_mask)
+        v, vw = sim_mod.prepare_video(f.frames, f.frame_mask)
+        n = 256
+        sim = torch.cat([torch.cat([sim_mod.combine(t[i:i + n], tw[i:i + n], v[j:j + n], vw[j:j + n])
+                                    for j in range(0, v.shape[0], n)], dim=1) for i in range(0, t.shape[0], n)])
+    sampler = make_sampler(steps)
+    common = dict(sampler=sampler, text_cls=f.cls, video_frames=f.frames, video_mask=f.frame_mask, topk=topk,
+                  chunk_size=chunk, noise_fn=noise_for(noise, chunk))
+    with timer.phase("rerank"):
+        t2v = rerank_direction(sim, direction="t2v", denoiser=Explicit(parts.denoiser_t2v), **common)
+        v2t = rerank_direction(sim.t(), direction="v2t", denoiser=Explicit(parts.denoiser_v2t), **common)
+    return {"sim": sim, "t2v": t2v, "v2t": v2t}
+
+
+@torch.no_grad()
+def run_official(f, parts, *, topk, steps, noise, timer):
+    with timer.phase("similarity"):
+        sim = official_similarity(parts.similarity, f.tokens, f.text_mask, f.frames, f.frame_mask)
+    sampler = make_sampler(steps)
+    common = dict(sampler=sampler, cls=f.cls, frames=f.frames, frame_mask=f.frame_mask, topk=topk)
+    with timer.phase("rerank"):
+        t2v = official_rerank_direction(sim, direction="t2v", denoiser=parts.denoiser_t2v, noise=noise["t2v"],
+                                        **common)
+        v2t = official_rerank_direction(sim.t(), direction="v2t", denoiser=parts.denoiser_v2t,
+                                        noise=noise["v2t"], **common)
+    return {"sim": sim, "t2v": t2v, "v2t": v2t}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="texts = videos in the gallery")
     ap.add_argument("--topk", type=int, default=32)
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--chunk", type=int, default=64, help="queries per chunk (diffret paths)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--skip-official", action="store_true", help="only the two diffret paths")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    n, d, t, k = args.n, args.width, args.frames, args.topk
-    text_cls = (0.3 * torch.randn(n, d, generator=g)).to(dev)
-    frames = (0.3 * torch.randn(n, t, d, generator=g)).to(dev)
-    mask = torch.ones(n, t, dtype=torch.long)
-    mask[:, t // 2:] = (torch.rand(n, t - t // 2, generator=g) > 0.5).long()
-    mask = mask.to(dev)
-    scores = torch.rand(n, n, generator=g).to(dev)
-    noise = torch.randn(n, k, generator=g).to(dev)
-    torch.manual_seed(0)
-    denoiser = create("denoisers", "t2v", width=d).to(dev).eval()
-    sampler = create("samplers", "ddim", num_steps=args.steps)
+    f = official_shape_features(args.n, seed=0).to(dev)
+    parts = EvalParts.random(seed=0).to(dev)
+    g = torch.Generator().manual_seed(1)
+    k = min(args.topk, args.n)
+    noise = {d: torch.randn(args.n, k, generator=g).to(dev) for d in ("t2v", "v2t")}
+    # warm-up on a small gallery (library set-up, first-call costs)
+    small = official_shape_features(16, seed=2).to(dev)
+    run_eval(small, parts, topk=4, steps=2, diffusion=True, chunk_size=8, timer=PhaseTimer(dev))
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    results, outputs = {}, {}
+    timer = PhaseTimer(dev)
+    out = run_eval(f, parts, topk=k, steps=args.steps, diffusion=True, chunk_size=args.chunk, timer=timer,
+                   noise_fn=noise_for(noise, args.chunk))
+    w = timer.wall
+    results["diffret"] = {"similarity": w["similarity_weights"] + w["similarity"],
+                          "rerank": w["rerank_t2v"] + w["rerank_v2t"], "phases": dict(w),
+                          "cpu": sum(timer.cpu.values())}
+    outputs["diffret"] = out
+    for name in ("before", "official"):
+        if name == "official" and args.skip_official:
+            continue
+        timer = PhaseTimer(dev)
+        if name == "before":
+            outputs[name] = run_before(f, parts, topk=k, steps=args.steps, chunk=args.chunk, noise=noise, timer=timer)
+        else:
+            outputs[name] = run_official(f, parts, topk=k, steps=args.steps, noise=noise, timer=timer)
+        results[name] = {**{p: s for p, s in timer.wall.items()}, "cpu": sum(timer.cpu.values())}
+    for r in results.values():
+        r["total"] = r["similarity"] + r["rerank"]
 
-    with torch.no_grad():
-        sync()
-        t0 = time.perf_counter()
-        fast = rerank_direction(scores, direction="t2v", denoiser=denoiser, sampler=sampler, text_cls=text_cls,
-                                video_frames=frames, video_mask=mask, topk=k, chunk_size=args.chunk,
-                                noise_fn=lambda _d, i, shape: noise[i * args.chunk:i * args.chunk + shape[0]])
-        sync()
-        t_fast = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        slow = per_query_loop(scores, denoiser=denoiser, sampler=sampler, text_cls=text_cls, video_frames=frames,
-                              video_mask=mask, topk=k, noise=noise)
-        sync()
-        t_slow = time.perf_counter() - t0
-    diff = (fast - slow).abs().max().item()
-    print(f"gallery {n} x {n}, top-{k}, {args.steps} DDIM steps, D={d}, T={t}, device {dev}, "
-          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    print(f"{'method':<28}{'seconds':>10}{'queries/s':>12}{'ratio':>8}")
-    print(f"{'per-query loop (official)':<28}{t_slow:>10.2f}{n / t_slow:>12.1f}{1.0:>8.2f}")
-    print(f"{'diffret batched':<28}{t_fast:>10.2f}{n / t_fast:>12.1f}{t_slow / t_fast:>8.2f}")
-    print(f"max |fused difference| = {diff:.2e}")
-    if diff > 1e-4:
-        raise SystemExit("the two paths disagree")
+    print(f"gallery {args.n} x {args.n}, top-{k}, {args.steps} DDIM steps, both directions, device {dev}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'path':<10}{'total s':>9}{'similarity':>12}{'re-ranking':>12}{'cpu s':>9}{'speed-up':>10}")
+    base = results.get("official", results["before"])
+    for name in ("official", "before", "diffret"):
+        if name in results:
+            r = results[name]
+            print(f"{name:<10}{r['total']:>9.2f}{r['similarity']:>12.2f}{r['rerank']:>12.2f}{r['cpu']:>9.2f}"
+                  f"{base['total'] / r['total']:>9.1f}x")
+    ratios = {f"{n}_over_diffret": results[n]["total"] / results["diffret"]["total"] for n in results if n != "diffret"}
+    for n, v in ratios.items():
+        print(f"{n.replace('_', ' ')}: {v:.1f}x (total wall time)")
+    diffs = {}
+    for name in outputs:
+        if name == "diffret":
+            continue
+        for key in ("sim", "t2v", "v2t"):
+            diffs[f"{name}.{key}"] = float((outputs[name][key] - outputs["diffret"][key]).abs().max())
+    print("max |difference| from diffret: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    report = {"n": args.n, "topk": k, "steps": args.steps, "chunk": args.chunk, "device": str(dev),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results,
+              "ratios": ratios, "max_abs_diff": diffs, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    if any(v > 1e-4 for v in diffs.values()):
+        raise SystemExit("the paths disagree")
+    return report
 
 
 if __name__ == "__main__":

@@ -244,3 +244,21 @@ def test_similarity_keeps_gradients_on_the_training_path():
         close(out, s(tf, tm, vf, vm), 1e-12)
     assert tf.grad is not None and float(tf.grad[tm == 1].abs().sum()) > 0
     assert float(tf.grad[tm == 0].abs().max()) == 0.0  # padded slots take no part
+
+
+def test_step_tables_follow_weight_updates():
+    """The weight-only tables are reused between galleries at inference, and rebuilt as
+    soon as a weight changes in place (an optimiser step, a checkpoint load)."""
+    den = denoiser("t2v")
+    text, video, mask = gallery_features(5, 6)
+    qi, ci = torch.arange(3), torch.tensor([[0, 1], [2, 3], [4, 5]])
+    x, t = torch.randn(3, 2, dtype=torch.float64), torch.tensor([4, 0, 9])
+    with torch.no_grad():
+        first = den.prepare_gallery(text, video, mask, timesteps=[9, 0])
+        assert den.prepare_gallery(text, video, mask, timesteps=[9, 0]).tables["u"] is first.tables["u"]
+        den.v_proj.weight.mul_(1.5)  # in place: same storage, new version
+        ctx = den.prepare_chunk(den.prepare_gallery(text, video, mask, timesteps=[9, 0]), qi, ci)
+        explicit = den.step(x, t, den.prepare(*gathered("t2v", text, video, mask, qi, ci)))
+        close(den.step(x, t, ctx), explicit, 1e-12)
+        stale = den.step(x, t, den.prepare_chunk(first, qi, ci))
+        assert float((stale - explicit).abs().max()) > 1e-6  # the old tables really were different

@@ -18,7 +18,7 @@ from diffret_cli.bench.synthetic import OFFICIAL, CachedFeatures, official_shape
 from diffret_cli.bench.timing import PeakMemory, PhaseTimer, environment, resolve_device
 from diffret_cli.model.similarity import TokenWiseSimilarity, wti_scores
 from diffret_cli.registry import create
-from diffret_cli.rerank import rerank_direction
+from diffret_cli.rerank import NoiseFn, rerank_direction
 
 #: the diffusion schedule's length (official: 50); --steps picks evenly spaced steps of it
 SCHEDULE_STEPS = 50
@@ -50,8 +50,10 @@ def make_sampler(steps: int):
 
 @torch.no_grad()
 def run_eval(feats: CachedFeatures, parts: EvalParts, *, topk: int, steps: int, diffusion: bool,
-             chunk_size: int, timer: PhaseTimer, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The timed work: returns the matrices (S, and the re-ranked t2v / v2t)."""
+             chunk_size: int, timer: PhaseTimer, seed: int = 0,
+             noise_fn: NoiseFn | None = None) -> dict[str, torch.Tensor]:
+    """The timed work: returns the matrices (S, and the re-ranked t2v / v2t).
+    ``noise_fn``: fixed DDIM start noise per chunk (see :func:`rerank_direction`)."""
     sim_mod = parts.similarity
     with timer.phase("similarity_weights"):  # the frozen weight MLPs, once per text and video
         t, tw = sim_mod.prepare_text(feats.tokens, feats.text_mask)
@@ -64,7 +66,7 @@ def run_eval(feats: CachedFeatures, parts: EvalParts, *, topk: int, steps: int, 
     sampler = make_sampler(steps)
     g = torch.Generator(device=sim.device).manual_seed(seed)
     common = dict(sampler=sampler, text_cls=feats.cls, video_frames=feats.frames, video_mask=feats.frame_mask,
-                  topk=topk, chunk_size=chunk_size, generator=g)
+                  topk=topk, chunk_size=chunk_size, generator=g, noise_fn=noise_fn)
     with timer.phase("rerank_t2v"):
         out["t2v"] = rerank_direction(sim, direction="t2v", denoiser=parts.denoiser_t2v, **common)
     with timer.phase("rerank_v2t"):

@@ -52,29 +52,45 @@ def _weights(den):
     return den.q_proj.weight, den.k_proj.weight, den.v_proj.weight, w1_h, w1_c, b1
 
 
-def prepare_gallery(den, text, video, video_mask, *, timesteps) -> Gallery:
-    steps = [int(s) for s in timesteps]
-    if not steps or min(steps) < 0:
-        raise ValueError(f"timesteps must be non-empty step indices >= 0, got {timesteps!r}")
-    n = max(steps) + 1
+def step_tables(den, n: int) -> dict[str, torch.Tensor]:
+    """What depends only on the weights and the step indices 0 .. n-1 (row s = step s).
+
+    At inference (no gradients) the result is kept on the denoiser and reused while its
+    parameters are unchanged (same storage, same version counters), so a gallery of many
+    chunks, or many galleries, pays for it once."""
+    params = list(den.parameters())
+    key = (n, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+    cache = getattr(den, "_step_tables", None)
+    if cache is not None and cache[0] == key:
+        return cache[1]
     wq, wk, wv, w1_h, w1_c, b1 = _weights(den)
     c = den.embed_timestep(torch.arange(n, device=wq.device))  # [S,D]: every step index the sampler may use
     cq, ck, cv = F.linear(c, wq), F.linear(c, wk), F.linear(c, wv)
-    m = w1_h @ den.proj.weight @ wv  # [2D,D]: M = W1_h Wp Wv
+    m = w1_h @ (den.proj.weight @ wv)  # [2D,D]: M = W1_h Wp Wv
     tables = {
         "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h),  # W1_h (Wp Wv c + bp) [S,2D]
         "qkc": (cq * ck).sum(-1),  # (Wq c).(Wk c) [S]
         # [W1_c; M] with bias [b1; 0]: one product gives the decoder half and M p
         "w_cat": torch.cat([w1_c, m]), "b_cat": torch.cat([b1, torch.zeros_like(b1)]),
+        "r": cq @ wk,  # Wk^T Wq c [S,D]: p . r_s = (Wq c).(Wk p)   (t2v)
+        "y": ck @ wq,  # Wq^T Wk c [S,D]: p . y_s = (Wq p).(Wk c)   (v2t)
+        "ck": ck, "cq": cq,
     }
-    if den.direction == "t2v":
-        tables["r"] = cq @ wk  # Wk^T Wq c [S,D]: pooled . r_s = (Wq c).(Wk pooled)
-        tables["ck"] = ck
-    else:
-        kt = F.linear(text, wk)  # [N,D]
-        tables["z"] = kt @ wq  # Wq^T Wk text [N,D]: pooled . z = (Wq pooled).(Wk text)
-        tables["e"] = kt @ cq.t() + tables["qkc"]  # (Wq c).(Wk text) + (Wq c).(Wk c) [N,S]
-        tables["y"] = ck @ wq  # Wq^T Wk c [S,D]: pooled . y_s = (Wq pooled).(Wk c)
+    if not torch.is_grad_enabled():
+        den._step_tables = (key, tables)
+    return tables
+
+
+def prepare_gallery(den, text, video, video_mask, *, timesteps) -> Gallery:
+    steps = [int(s) for s in timesteps]
+    if not steps or min(steps) < 0:
+        raise ValueError(f"timesteps must be non-empty step indices >= 0, got {timesteps!r}")
+    n = max(steps) + 1
+    tables = dict(step_tables(den, n))
+    if den.direction == "v2t":  # candidates are texts: their projections, once per text
+        kt = F.linear(text, den.k_proj.weight)  # [N,D]
+        tables["z"] = kt @ den.q_proj.weight  # Wq^T Wk text [N,D]: pooled . z = (Wq pooled).(Wk text)
+        tables["e"] = kt @ tables["cq"].t() + tables["qkc"]  # (Wq c).(Wk text) + (Wq c).(Wk c) [N,S]
         tables["dm"] = F.linear(text, tables["w_cat"], tables["b_cat"])  # [N,4D]: W1_c text + b1 | M text
     return Gallery(den.direction, text, video, video_mask, n, tables)
 
