@@ -69,6 +69,8 @@ def test_bad_videos_are_recorded_and_never_stop_the_run(tmp_path, fakevids):
     assert "Invalid data" in skipped[("train", "garbage")]["detail"]
     assert saved["problems"][0]["reason"] == "no-caption"
     info = json.loads((root / fakevids / "prepared.json").read_text())
+    digest = info["splits"]["train"].pop("manifest_sha256")  # of the Arrow data: checked on open
+    assert len(digest) == 64 and int(digest, 16) >= 0
     assert info["splits"]["train"] == {"protocol": "single", "videos": 5, "ready": 2, "ok": 1, "partial": 1,
                                        "skipped": 3, "captions": 3, "frames": 3 + rows["broken"]["num_frames"],
                                        "shared_videos": {"test": 1}}  # good1 is listed by both splits

@@ -110,6 +110,8 @@ def prepare_cmd(name: str, source: str | None, data_root: str | None, fps: float
     if report.problems:
         console.print(f"[yellow]{len(report.problems)} annotation problem(s)[/yellow] "
                       "(ids without captions, empty captions, ...)")
+    for note in report.notes:
+        console.print(f"[yellow]note[/yellow]: {note}", highlight=False, soft_wrap=True)
     if report.repaired:
         console.print(f"{len(report.repaired)} damaged cache file(s) decoded again", highlight=False)
     for split, summary in report.splits.items():

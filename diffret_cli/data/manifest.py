@@ -20,6 +20,7 @@ Training and evaluation read through :class:`PreparedDataset` and never decode v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -109,6 +110,18 @@ def write_split_manifest(prepared: Path, split: str, rows: list[dict[str, Any]])
     return final
 
 
+def manifest_digest(folder: Path) -> str:
+    """SHA-256 over a saved manifest's Arrow data files (what a reader reads), recorded in
+    ``prepared.json`` so a flipped bit or a truncated copy is caught on open."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.arrow")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def write_prepared_json(prepared: Path, info: dict[str, Any]) -> Path:
     """Write ``prepared.json`` last: its presence marks the dataset as prepared."""
     path = prepared / PREPARED_JSON
@@ -173,6 +186,18 @@ class PreparedSplit:
 
     def __len__(self) -> int:
         return len(self.videos)
+
+
+def load_manifest_table(path: Path) -> "datasets.Dataset":
+    """A saved manifest. ``datasets`` writes no data file for a table of zero rows and
+    then cannot load it back, so an empty split (its ``state.json`` lists no files) is
+    rebuilt from the schema."""
+    import datasets
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if state.get("_data_files") == []:
+        return datasets.Dataset.from_dict({c: [] for c in COLUMNS}, features=features())
+    return datasets.load_from_disk(str(path))
 
 
 def _entry(row: dict[str, Any]) -> VideoEntry:
@@ -240,10 +265,25 @@ class PreparedDataset:
                     f"prepared: {', '.join(self.splits) or '(none)'}",
                     hint=f"run `diffret data prepare {self.name} --split {name}`")
             path = manifests_dir(self.root) / name
+            fix = (f"re-run `diffret data prepare {self.name} --split {name}` with the same --source "
+                   "(cached frames are reused; only the manifest is rebuilt), or `diffret data verify "
+                   f"{self.name} --repair`")
             if not path.is_dir():
-                raise PreparedDataError(f"{path}: manifest of split {name!r} is missing",
-                                        hint=f"re-run `diffret data prepare {self.name}`")
-            self._splits[name] = PreparedSplit(self, name, datasets.load_from_disk(str(path)))
+                raise PreparedDataError(f"{path}: manifest of split {name!r} is missing", hint=fix)
+            expected = self.split_info(name).get("manifest_sha256")
+            if expected and manifest_digest(path) != expected:
+                raise PreparedDataError(f"{path}: manifest of split {name!r} was damaged or changed after "
+                                        "prepare (its checksum does not match prepared.json)", hint=fix)
+            try:
+                table = load_manifest_table(path)
+                missing = [c for c in COLUMNS if c not in table.column_names]
+                if missing:
+                    raise ValueError(f"columns {missing} missing")
+            except Exception as exc:  # noqa: BLE001 - pyarrow, json and OS errors of a damaged copy
+                detail = " ".join(str(exc).split())[:200]
+                raise PreparedDataError(f"{path}: manifest of split {name!r} is unreadable "
+                                        f"({type(exc).__name__}: {detail})", hint=fix) from exc
+            self._splits[name] = PreparedSplit(self, name, table)
         return self._splits[name]
 
     def frames(self, video_id: str, *, indices: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from diffret_cli.data.framecache import DEFAULT_QUALITY
-from diffret_cli.data.manifest import (USABLE, read_prepared_json, reason_code, write_prepared_json,
-                                       write_split_manifest)
+from diffret_cli.data.manifest import (USABLE, PreparedDataError, load_manifest_table, manifest_digest,
+                                       read_prepared_json, reason_code, write_prepared_json, write_split_manifest)
 from diffret_cli.data.paths import REPORT_JSON, dataset_dir, frames_dir, manifests_dir, source_dir
 from diffret_cli.data.plugin import DatasetPlugin
 from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, WorkerState, fingerprint,
@@ -288,7 +288,6 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                 except WorkersUnavailable as exc:
                     note = f"worker processes could not start ({exc}); decoded in this process instead"
                     notes.append(note)
-                    bar.note(f"[yellow]warning[/yellow]: {note}")
                     init_worker(state)
                     for e in entries:
                         if e.video_id not in results:
@@ -298,7 +297,7 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
         report = _write_outputs(name, plugin, root, src, annotations, results, extra_problems,
                                 fps=fps, short_side=short_side, quality=int(quality), generated=generated)
     report.seconds = time.perf_counter() - t0
-    report.notes = notes
+    report.notes = notes + report.notes
     report.absent = absent
     report.videos = len(entries)
     report.cached = sum(1 for r in results.values() if r["cached"])
@@ -327,6 +326,7 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
                    extra_problems: list[tuple[str, ItemProblem]], *, fps: float, short_side: int,
                    quality: int, generated: bool) -> PrepareReport:
     summaries: dict[str, SplitSummary] = {}
+    digests: dict[str, str] = {}
     skipped: list[dict[str, str]] = []
     problems: list[dict[str, str]] = []
     for s, ann in annotations.items():
@@ -352,7 +352,7 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
                 skipped.append({"split": s, "video_id": e.video_id, "reason": code, "detail": detail,
                                 "file": r["video_path"]})
         summary.skipped = dict(sorted(summary.skipped.items()))
-        write_split_manifest(root, s, rows)
+        digests[s] = manifest_digest(write_split_manifest(root, s, rows))
         summaries[s] = summary
         for p in ann.problems:
             problems.append({"split": s, **asdict(p)})
@@ -360,7 +360,11 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
         problems.append({"split": s, **asdict(p)})
         summaries[s].problems += 1
 
-    previous = read_prepared_json(root) or {}
+    damaged = ""
+    try:
+        previous = read_prepared_json(root) or {}
+    except PreparedDataError as exc:  # rewritten below; splits not prepared now must be again
+        previous, damaged = {}, f"{exc.message}; it was rewritten (prepare any other split again)"
     plugin_config = json.loads(json.dumps(plugin.config(), default=str))
     same = (previous.get("fps") == fps and previous.get("short_side") == short_side
             and previous.get("plugin_config") == plugin_config)
@@ -373,11 +377,12 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
     for s, sm in summaries.items():
         split_info[s] = {"protocol": sm.protocol, "videos": sm.videos, "ready": sm.ready, "ok": sm.ok,
                          "partial": sm.partial, "skipped": sm.num_skipped, "captions": sm.captions,
-                         "frames": sm.frames}
+                         "frames": sm.frames, "manifest_sha256": digests[s]}
     split_info = {k: split_info[k] for k in [*plugin.splits, *sorted(split_info)] if k in split_info}
     # videos listed by two splits, over every split the folder now holds (kept ones too)
     ids = {k: [e.video_id for e in annotations[k].videos] if k in annotations else _manifest_ids(root, k)
            for k in split_info}
+    ids = {k: v for k, v in ids.items() if v is not None}  # an unreadable kept manifest: not counted
     for k, shared in shared_videos(ids).items():
         split_info[k]["shared_videos"] = shared
         if k in summaries:
@@ -404,14 +409,16 @@ def _write_outputs(name: str, plugin: DatasetPlugin, root: Path, src: Path,
     })
     return PrepareReport(dataset=name, prepared_dir=str(root), source="" if generated else str(src),
                          settings=settings, splits=summaries, skipped=skipped, problems=problems,
-                         report_path=str(root / REPORT_JSON))
+                         report_path=str(root / REPORT_JSON), notes=[damaged] if damaged else [])
 
 
-def _manifest_ids(root: Path, split: str) -> list[str]:
-    """Video ids of an already prepared split (a kept manifest)."""
-    import datasets
-
-    return list(datasets.load_from_disk(str(manifests_dir(root) / split))["video_id"])
+def _manifest_ids(root: Path, split: str) -> list[str] | None:
+    """Video ids of an already prepared split (a kept manifest); None when it is damaged
+    (it is not this run's to rewrite; ``data info`` and ``verify`` name it)."""
+    try:
+        return list(load_manifest_table(manifests_dir(root) / split)["video_id"])
+    except Exception:  # noqa: BLE001 - any read error of a damaged copy
+        return None
 
 
 def _decoder_settings() -> dict[str, Any]:

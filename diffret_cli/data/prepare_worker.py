@@ -166,8 +166,9 @@ def _from_cache(video_id: str, item: CachedItem, path: str) -> dict[str, Any]:
 def _intact(cache: FrameCache, video_id: str, item: CachedItem | None) -> tuple[bool, str]:
     """(reusable, problem): a cached file is reused only when its checksum still holds; a
     damaged one (a flipped bit, a truncated copy) is decoded again."""
-    if item is None:
-        return False, ""
+    if item is None:  # missing (never written), or there but unreadable (truncated, emptied)
+        path = cache.path(video_id)
+        return False, (f"{path}: unreadable cache file" if path.exists() else "")
     problem = cache.verify(video_id, expected_frames=item.num_frames)
     return problem is None, problem or ""
 
@@ -206,11 +207,9 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     if st.generated:
         key = _settings_key(st, entry, fingerprint([st.plugin_fp, entry.to_dict()]))
         item = cache.info(vid)
-        repaired = ""
-        if _is_current(item, key):
-            ok, repaired = _intact(cache, vid, item)
-            if ok:
-                return _from_cache(vid, item, "")
+        ok, repaired = _intact(cache, vid, item) if item is None or _is_current(item, key) else (False, "")
+        if ok:
+            return _from_cache(vid, item, "")
         try:
             frames = st.plugin.generate(entry)
         except DiffretError as exc:
@@ -240,11 +239,9 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
 
     key = {**_settings_key(st, entry, fingerprint([path.name, size])), "sampling_rule": SAMPLING_RULE}
     item = cache.info(vid)
-    repaired = ""
-    if _is_current(item, key):
-        ok, repaired = _intact(cache, vid, item)
-        if ok:
-            return _from_cache(vid, item, str(path))
+    ok, repaired = _intact(cache, vid, item) if item is None or _is_current(item, key) else (False, "")
+    if ok:
+        return _from_cache(vid, item, str(path))
     try:
         dec = decode_sampled(path, fps=st.fps, short_side=st.short_side, start=entry.start, end=entry.end,
                              min_frames=1)

@@ -8,6 +8,7 @@ at the start, one every tenth of the work (or every 30 s), one at the end.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -20,8 +21,8 @@ def _clock(seconds: float | None) -> str:
 
 
 class PrepareProgress:
-    """Context manager: ``advance(frames=n)`` once per finished video; ``note(text)``
-    prints a message without breaking the bar. ``enabled=False`` prints nothing."""
+    """Context manager: ``advance(frames=n)`` once per finished video. ``enabled=False``
+    prints nothing."""
 
     #: plain-line mode prints at most this often, unless a tenth of the work is done
     LOG_EVERY_S = 30.0
@@ -69,10 +70,17 @@ class PrepareProgress:
             if self.done < self.total and (tenth > self._last_tenth or now - self._last_log >= self.LOG_EVERY_S):
                 self._line()
 
-    def note(self, text: str) -> None:
-        """A message (a warning) printed above the bar, or as a line of its own."""
-        if self.enabled or self._live is not None:
-            self.console.print(text, highlight=False, soft_wrap=True)
+    def snapshot(self) -> str:
+        """What the progress display shows now, as plain text at the console's width."""
+        if self._live is None:
+            return self.status()
+        from rich.console import Console
+
+        out = Console(width=self.console.width, color_system=None, force_terminal=False, record=True,
+                      file=open(os.devnull, "w"))
+        out.print(self._live.get_renderable())
+        out.file.close()
+        return out.export_text()
 
     # ---------------------------------------------------------------------- internals
     def status(self) -> str:
@@ -108,16 +116,21 @@ class PrepareProgress:
         name = TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True))
         count = MofNCompleteColumn(table_column=Column(no_wrap=True))
         eta = TimeRemainingColumn(table_column=Column(no_wrap=True))
+        # description, count and eta always; then the rate, the elapsed time and the bar
+        # while they fit (a column that does not fit is left out, never cut or wrapped)
         width = self.console.width
-        # description, count and eta always; rate, elapsed and bar as room allows (no column wraps)
-        need = len(self.description) + 2 * len(str(self.total)) + 14
+        room = width - (len(self.description) + 1) - (2 * len(str(self.total)) + 2) - (4 + 8)
+        rate = room >= 26
+        room -= 26 if rate else 0
+        elapsed = room >= 8
+        room -= 8 if elapsed else 0
         columns: list[Any] = [name]
-        if width >= need + 44:
-            columns.append(BarColumn(bar_width=max(10, min(40, width - need - 44))))
+        if room >= 12:
+            columns.append(BarColumn(bar_width=min(40, room - 2)))
         columns.append(count)
-        if width >= need + 22:
+        if rate:
             columns.append(RateColumn(table_column=Column(no_wrap=True)))
-        if width >= need + 32:
+        if elapsed:
             columns.append(TimeElapsedColumn(table_column=Column(no_wrap=True)))
         columns += [TextColumn("eta", table_column=Column(no_wrap=True)), eta]
         return Progress(*columns, console=self.console)

@@ -70,8 +70,30 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
+_UTF_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+             (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
 def read_text(path: Path) -> str:
-    return decode_text(read_bytes(path))
+    """The file's text. UTF-8 (BOM or not) as :func:`decode_text` reads it; UTF-16 and
+    UTF-32 with a byte-order mark (Windows "Unicode" saves) are read too. UTF-16 without
+    a BOM (NUL bytes between the characters) is an error that names the encoding."""
+    data = read_bytes(path)
+    for bom, encoding in _UTF_BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise AnnotationError(f"{path}: starts with a {encoding.upper()} byte-order mark but byte "
+                                      f"{exc.start} is not valid {encoding.upper()}",
+                                      hint="save the file again as UTF-8") from None
+    head = data[:4096]
+    if head.count(0) * 4 >= len(head):  # a quarter NULs: not text in any 8-bit encoding
+        half = "UTF-16-LE" if head[1::2].count(0) > head[0::2].count(0) else "UTF-16-BE"
+        raise AnnotationError(f"{path}: looks like {half} without a byte-order mark "
+                              f"({head.count(0)} NUL bytes in its first {len(head)}), not UTF-8 text",
+                              hint="save the file again as UTF-8 (or as UTF-16 with a byte-order mark)")
+    return decode_text(data)
 
 
 # ------------------------------------------------------------------------------- JSON

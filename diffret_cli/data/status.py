@@ -14,9 +14,12 @@ import statistics
 from typing import Any
 
 from diffret_cli.data.framecache import FrameCache
-from diffret_cli.data.manifest import USABLE, PreparedDataset, reason_code
+from diffret_cli.data.manifest import USABLE, PreparedDataError, PreparedDataset, reason_code
 from diffret_cli.data.splits import shared_videos
 from diffret_cli.errors import DiffretError
+
+#: ``video_id`` of a problem that concerns a split's manifest rather than one cache file
+MANIFEST = "(manifest)"
 
 
 def _stats(values: list[float], *, total: bool = False, digits: int = 2) -> dict[str, float] | None:
@@ -78,7 +81,12 @@ def verify_dataset(name: str, data_root: str | None, *, decode: bool = False) ->
     seen: dict[str, int] = {}
     problems: list[dict[str, str]] = []
     for split in ds.splits:
-        for r in ds.split(split).table.select_columns(["video_id", "status", "num_frames"]).to_list():
+        try:
+            table = ds.split(split).table
+        except PreparedDataError as exc:  # the manifest itself is damaged: rebuilt by --repair
+            problems.append({"split": split, "video_id": MANIFEST, "problem": exc.message})
+            continue
+        for r in table.select_columns(["video_id", "status", "num_frames"]).to_list():
             if r["status"] not in USABLE or r["video_id"] in seen:
                 continue
             seen[r["video_id"]] = r["num_frames"]
@@ -106,7 +114,8 @@ def repair_dataset(name: str, data_root: str | None, problems: list[dict[str, st
                                hint=f"run `diffret data prepare {name} --source DIR` with the original files")
     cache = FrameCache(ds.cache.root)
     for p in problems:
-        cache.remove(p["video_id"])
+        if p["video_id"] != MANIFEST:  # a damaged manifest is simply written again
+            cache.remove(p["video_id"])
     return prepare(name, data_root=data_root, source=source, fps=ds.fps, short_side=ds.short_side,
                    workers=workers, splits=list(ds.splits), plugin_options=info.get("plugin_config") or None,
                    progress=progress, quality=int(info.get("jpeg_quality", 90)))
