@@ -52,6 +52,23 @@ def resolve_checkpoint_dir(path: Path) -> Path:
                           "convert official weights with `diffret convert best.pth OUT_DIR`")
 
 
+def load_tensors(path: Path, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a missing, empty, truncated or otherwise
+    unreadable file is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing", hint="the checkpoint is incomplete; use another checkpoint "
+                              "or run directory (or train again)")
+    size = path.stat().st_size
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error type (and OSError)
+        what = "empty (0 bytes)" if size == 0 else f"damaged ({size} bytes: {str(exc).splitlines()[0]})"
+        raise CheckpointError(f"cannot read {path}: the file is {what}",
+                              hint="it was cut short (a full disk, an interrupted copy) or is not a safetensors "
+                              "file; copy it again from its source, or use another checkpoint") from exc
+
+
 def load_model(path: Path, *, map_location: str | torch.device = "cpu"):
     from diffret_cli.convert import load_strict
     from diffret_cli.families import build_model
@@ -59,12 +76,15 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu"):
     directory = resolve_checkpoint_dir(path)
     try:
         cfg = json.loads((directory / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}",
                               hint="the checkpoint is corrupt; use another one") from exc
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{directory / CONFIG_FILE} holds {type(cfg).__name__}, not a model config",
+                              hint="the checkpoint is corrupt; use another one")
     cfg.pop("diffret_version", None)
     cfg.pop("extra", None)
+    state = load_tensors(directory / MODEL_FILE, device=map_location)  # before building: fail fast
     model = build_model(cfg, load_pretrained=False)
-    state = load_file(str(directory / MODEL_FILE), device=str(map_location))
     load_strict(model, state, source=str(directory / MODEL_FILE))
     return model

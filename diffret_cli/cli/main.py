@@ -7,13 +7,26 @@ command never breaks the others.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import signal
 import sys
+import threading
 
 import click
 
 from diffret_cli import __version__
 from diffret_cli.errors import DiffretError
+
+# ------------------------------------------------------------------------ errors
+# Every error a user can meet ends here (the one handler): what went wrong, the value,
+# the allowed range and the fix, without a traceback; the traceback only with --debug
+# (anywhere on the command line) or DIFFRET_DEBUG=1, which every message mentions.
+DEBUG_ENV = "DIFFRET_DEBUG"
+EXIT_ERROR = 2  # a DiffretError: bad input or environment
+EXIT_FAILURE = 1  # anything else (a bug, the OS, the hardware)
+
 
 # name -> (module, attribute, one-line help shown by `diffret --help`)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -47,36 +60,124 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="diffret")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the full traceback of an error (or set {DEBUG_ENV}=1).")
+def cli(debug: bool) -> None:
     """diffret: generative text-video retrieval (DiffusionRet, DITS).
 
     \b
     Examples:
       diffret plugins list
       diffret data prepare synthetic
-      diffret train --recipe quickstart
-      diffret eval runs/quickstart --dataset synthetic
+      diffret train --recipe quickstart --run-dir runs/quickstart
+      diffret eval runs/quickstart
+      diffret eval runs/quickstart --dataset synthetic-shift
       diffret eval runs/msrvtt --out-domain msrvtt:didemo
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup (``finally`` blocks, worker
+    shutdown, atomic writes) runs the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through subprocess tests
+    raise Terminated(signum)
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """(--debug given or DIFFRET_DEBUG set, argv without --debug). ``--debug`` is accepted
+    anywhere before a ``--`` separator, so it can be added to any command as it was typed."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    cut = argv.index("--") if "--" in argv else len(argv)
+    flag = "--debug" in argv[:cut]
+    return env or flag, [a for i, a in enumerate(argv) if not (a == "--debug" and i < cut)]
+
+
+def _debug_note() -> str:
+    return f"(for the traceback, add --debug or set {DEBUG_ENV}=1)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` for a user (no traceback) and return the exit code."""
+    err = lambda text, **kw: click.secho(text, err=True, **kw)  # noqa: E731
+    if isinstance(exc, DiffretError):
+        err(f"error: {exc.message}", fg="red")
+        if exc.hint:
+            err(f"  fix: {exc.hint}")
+        err(f"  {_debug_note()}", dim=True)
+        return EXIT_ERROR
+    if isinstance(exc, torch_oom_errors()):
+        err(f"error: out of memory: {_first_line(exc)}", fg="red")
+        err("  fix: lower the batch size (--batch-size, eval.batch_size, stage1.batch_size / stage2.batch_size) "
+            "or run on a device with more memory (--device / train.device)")
+        err(f"  {_debug_note()}", dim=True)
+        return EXIT_FAILURE
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        err(f"error: {exc.strerror or _first_line(exc)}{where}", fg="red")
+        hint = {errno.ENOSPC: "free some disk space (or point --run-dir / --data-root at a larger disk) and "
+                              "rerun; atomic writes left the files as they were",
+                errno.EACCES: "check the permissions of that path, or choose another --run-dir / --data-root",
+                errno.EROFS: "that filesystem is read-only: choose another --run-dir / --data-root"}.get(exc.errno)
+        if hint:
+            err(f"  fix: {hint}")
+        err(f"  {_debug_note()}", dim=True)
+        return EXIT_FAILURE
+    err(f"internal error: {type(exc).__name__}: {_first_line(exc)}", fg="red")
+    err(f"  this is a bug in diffret or one of its plugins, not in your input; {_debug_note()[1:-1]}, "
+        "and report it with that traceback")
+    return EXIT_FAILURE
+
+
+def torch_oom_errors() -> tuple[type[BaseException], ...]:
+    """Out-of-memory exception types (torch's only when torch is already imported: the
+    handler never imports it for a command that did not)."""
+    kinds: list[type[BaseException]] = [MemoryError]
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+    if isinstance(oom, type):
+        kinds.append(oom)
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> None:
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    # SIGTERM cleans up like Ctrl-C (a handler can only be set from the main thread)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        cli.main(args=argv, prog_name="diffret", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        rc = cli.main(args=argv, prog_name="diffret", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns Ctrl-C (and our SIGTERM) inside a command into Abort; both end the
+        # same way: every cleanup has run, exit code 130
+        cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+        how = " (SIGTERM)" if isinstance(cause, Terminated) else ""
+        click.echo(f"aborted{how}: stopped cleanly; a training run continues with --resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except DiffretError as exc:
-        click.secho(f"error: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(f"  fix: {exc.hint}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except BrokenPipeError:  # e.g. `diffret eval RUN --json | head`
+        sys.stderr.close()
+        sys.exit(EXIT_FAILURE)
+    except Exception as exc:
+        if debug:
+            raise
+        sys.exit(report_error(exc))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,15 +26,17 @@ def jsonl_logger(path: Path, dist: DistInfo, writer=None) -> Callable[[dict], No
     return log
 
 
-def tensorboard_writer(run_dir: Path, dist: DistInfo):
-    """A SummaryWriter on rank 0 when tensorboard is installed, else None."""
+def tensorboard_writer(run_dir: Path, dist: DistInfo, *, purge_step: int | None = None):
+    """A SummaryWriter on rank 0 when tensorboard is installed, else None. ``purge_step``
+    (a resumed run): events from that global step on, written by the killed run after its
+    resume point, are dropped, so the curves do not overlap."""
     if not dist.is_main:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def progress_bar(enabled: bool):

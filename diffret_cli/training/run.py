@@ -19,11 +19,11 @@ from diffret_cli.distributed import DistInfo, barrier, cleanup, init_distributed
 from diffret_cli.errors import ConfigError
 from diffret_cli.families import build_model, get_family, family_name
 from diffret_cli.features import resolve_device, resolve_precision
-from diffret_cli.fileio import atomic_write_text, replace_dir, temp_sibling
+from diffret_cli.fileio import atomic_write_bytes, atomic_write_text, is_temp_name, replace_dir, temp_sibling
 from diffret_cli.training.context import RunContext
 from diffret_cli.training.loop import run_stage
 from diffret_cli.training.reporting import jsonl_logger, progress_bar, tensorboard_writer
-from diffret_cli.training.state import last_dir, load_training_state
+from diffret_cli.training.state import METRICS_FILE, last_dir, load_training_state
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -70,12 +70,46 @@ def check_batches(recipe: dict, stages: list[int], dist: DistInfo) -> None:
                               f"processes that divides {bs}")
 
 
+def check_stages(recipe: dict, family, stages: list[int]) -> None:
+    """The stages asked for exist in the family and each trains at least one epoch."""
+    unknown = sorted(set(stages) - set(family.stages()))
+    if unknown:
+        raise ConfigError(f"the {family.name} family has no stage {unknown[0]}",
+                          hint=f"its stages: {', '.join(map(str, family.stages()))} (train.stages / --stage)")
+    for s in stages:
+        epochs = recipe[f"stage{s}"]["epochs"]
+        if epochs < 1:
+            others = [x for x in recipe["train"]["stages"] if x != s]
+            raise ConfigError(f"stage{s}.epochs={epochs}: stage {s} would train nothing",
+                              hint=f"set stage{s}.epochs to 1 or more, or leave stage {s} out "
+                              f"(train.stages={others or '[...]'} or --stage {others[0] if others else 'N'})")
+
+
+def check_pairs(recipe: dict, data, stages: list[int]) -> None:
+    """The training split exists and holds at least one global batch of every stage that
+    will run: checked before anything is written, not when stage 2 starts hours later."""
+    name = recipe["dataset"]["train_split"]
+    split = data.split(name)  # a split that was not prepared is an error naming the command
+    pairs = sum(len(v.captions) for v in split.videos)
+    for s in stages:
+        bs = recipe[f"stage{s}"]["batch_size"]
+        if pairs < bs:
+            raise ConfigError(f"the {name} split of {recipe['dataset']['name']} has {pairs} caption-video pairs, "
+                              f"fewer than one stage{s} batch of {bs}",
+                              hint=f"lower stage{s}.batch_size to {pairs} or less (or prepare more data)")
+    if recipe["dataset"].get("val_split"):
+        data.split(recipe["dataset"]["val_split"])
+
+
 def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None = None, resume: bool = False,
           stages: list[int] | None = None, progress: bool = True, stop_after_steps: int | None = None) -> Path:
     """Train ``recipe`` into ``run_dir`` (default: a fresh ``runs/<name>-<timestamp>``);
-    returns the run directory."""
+    returns the run directory.
+
+    Every check runs before the first write into the run directory (the recipe, the
+    resume state, devices, batch sizes, the model, the dataset and its splits), so a
+    command that fails leaves an existing run exactly as it was."""
     from diffret_cli.data.ensure import ensure_prepared
-    from diffret_cli.data.manifest import PreparedDataset
 
     if run_dir is not None:
         run_dir = check_run_dir(run_dir)
@@ -83,10 +117,7 @@ def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None =
     device = resolve_device(tr["device"])
     family = get_family(family_name(recipe["model"]))
     stages = stages or list(tr["stages"])
-    unknown = sorted(set(stages) - set(family.stages()))
-    if unknown:
-        raise ConfigError(f"the {family.name} family has no stage {unknown[0]}",
-                          hint=f"its stages: {', '.join(map(str, family.stages()))} (train.stages / --stage)")
+    check_stages(recipe, family, stages)
     dist = init_distributed(device.type)
     try:
         if dist.enabled and device.type == "cuda":
@@ -96,20 +127,27 @@ def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None =
         run_dir = shared_run_dir(run_dir, recipe["name"], dist)
         # every rank checks (read-only), so a refused start stops them all alike
         state = check_start(run_dir, recipe, resume=resume, stages=stages)
-        if dist.is_main:  # the last check: the data (generated here when it can be)
-            ensure_prepared(recipe["dataset"]["name"], data_root, data_cfg=recipe.get("data"),
-                            options=recipe["dataset"].get("options"), progress=progress)
-            if not resume:
-                write_recipe(run_dir, recipe)
+        torch.manual_seed(tr["seed"])  # the initial weights, then the run's random stream
+        model = start_model(recipe, run_dir, state=state, stages=stages, device=device)
+        rng = torch.get_rng_state()  # kept from whatever the data checks below draw
+        # the data is checked (and a generated dataset generated) by rank 0, then opened by all
+        data = ensure_prepared(recipe["dataset"]["name"], data_root, data_cfg=recipe.get("data"),
+                               options=recipe["dataset"].get("options"), progress=progress) if dist.is_main else None
+        if dist.is_main:
+            check_pairs(recipe, data, stages)
+            open_run_dir(run_dir, recipe, state=state)  # the first write into the run directory
         barrier(dist)
+        if data is None:
+            from diffret_cli.data.manifest import PreparedDataset
+
+            data = PreparedDataset.open(data_root, recipe["dataset"]["name"])
         if device.type == "cpu" and tr["num_workers"] > 0 and "OMP_NUM_THREADS" not in os.environ:
             # leave the loader workers their cores: oversubscribed intra-op threads make
             # small CPU models ten times slower
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size - tr["num_workers"]))
-        torch.manual_seed(tr["seed"])
-        return _run(recipe, family, run_dir=run_dir, data=PreparedDataset.open(data_root, recipe["dataset"]["name"]),
-                    device=device, precision=precision, dist=dist, state=state, stages=stages, progress=progress,
-                    stop_after_steps=stop_after_steps)
+        torch.set_rng_state(rng)
+        return _run(recipe, family, model, run_dir=run_dir, data=data, device=device, precision=precision, dist=dist,
+                    state=state, stages=stages, progress=progress, stop_after_steps=stop_after_steps)
     finally:
         cleanup(dist)
 
@@ -122,7 +160,7 @@ def check_start(run_dir: Path, recipe: dict, *, resume: bool, stages: list[int])
         if state is None:
             raise ConfigError(f"nothing to resume in {run_dir} (no {last_dir(run_dir) / 'training_state.pt'})",
                               hint="start without --resume, or pass the run directory of an interrupted run")
-        saved = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+        saved = load_saved_recipe(run_dir)
         if saved != json.loads(json.dumps(recipe)):
             raise ConfigError(f"the recipe differs from the one saved in {run_dir / RECIPE_FILE}",
                               hint="resume with the same recipe and overrides (or start a new run)")
@@ -132,6 +170,78 @@ def check_start(run_dir: Path, recipe: dict, *, resume: bool, stages: list[int])
         raise ConfigError(f"{run_dir} already holds a run",
                           hint="pass --resume to continue it, --stage 2 to (re)train its stage 2, or another --run-dir")
     return None
+
+
+def load_saved_recipe(run_dir: Path) -> dict:
+    path = run_dir / RECIPE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing, so the run cannot be resumed safely",
+                          hint="restore it (recipe-history/ holds earlier ones), or train into a new --run-dir")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}",
+                          hint="restore it (recipe-history/ holds earlier ones), or train into a new --run-dir") from exc
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} holds no recipe", hint="restore it, or train into a new --run-dir")
+    return saved
+
+
+def start_model(recipe: dict, run_dir: Path, *, state: dict | None, stages: list[int], device: torch.device):
+    """The model a run starts from: the resume point's weights, or the family's initial
+    model (pretrained weights unless a finished earlier stage provides them). Reads only."""
+    from diffret_cli.checkpoint import MODEL_FILE, load_tensors
+    from diffret_cli.convert import load_strict
+
+    # a later stage on top of a finished earlier one starts from its best weights: no
+    # pretrained download
+    from_earlier = min(stages) > 1 and (run_dir / "checkpoints" / f"stage{min(stages) - 1}" / "best").is_dir()
+    model = build_model(recipe["model"], load_pretrained=state is None and not from_earlier)
+    if state is not None:
+        path = last_dir(run_dir) / MODEL_FILE
+        load_strict(model, load_tensors(path), source=str(path))
+    return model.to(device)
+
+
+def open_run_dir(run_dir: Path, recipe: dict, *, state: dict | None) -> None:
+    """The first writes into a run directory, once every check has passed: the recipe,
+    what a kill left behind (temp folders of an interrupted save) and, on resume, the
+    metrics logged after the resume point (the resumed run logs those steps again)."""
+    import shutil
+
+    if state is None:
+        write_recipe(run_dir, recipe)
+    ckpts = run_dir / "checkpoints"
+    for leftover in (p for p in (ckpts.iterdir() if ckpts.is_dir() else ()) if is_temp_name(p.name)):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if state is not None:
+        trim_metrics(run_dir / METRICS_FILE, state)
+
+
+def trim_metrics(path: Path, state: dict) -> None:
+    """metrics.jsonl back to what it held when the resume point was saved: the lines the
+    killed run logged after it are logged again, with the same global steps, by the
+    resumed run (so no global step appears twice)."""
+    size = state.get("metrics_bytes")
+    if size is None or not path.is_file() or path.stat().st_size <= size:
+        return
+    with open(path, "rb") as f:
+        kept = f.read(size)
+    atomic_write_bytes(path, kept)
+
+
+def next_global_step(path: Path) -> int:
+    """The last global step a run directory's metrics.jsonl recorded (0 for a new run):
+    a stage retrained on top of a finished run continues the run's step count."""
+    if not path.is_file():
+        return 0
+    last = 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            last = max(last, int(json.loads(line).get("global_step") or 0))
+        except (ValueError, AttributeError, TypeError):
+            continue  # a line cut short by a kill
+    return last
 
 
 def write_recipe(run_dir: Path, recipe: dict) -> None:
@@ -146,25 +256,16 @@ def write_recipe(run_dir: Path, recipe: dict) -> None:
     atomic_write_text(path, text)
 
 
-def _run(recipe, family, *, run_dir, data, device, precision, dist, state, stages, progress,
+def _run(recipe, family, model, *, run_dir, data, device, precision, dist, state, stages, progress,
          stop_after_steps) -> Path:
-    from safetensors.torch import load_file
-
-    from diffret_cli.convert import load_strict
-
-    writer = tensorboard_writer(run_dir, dist)
-    log = jsonl_logger(run_dir / "metrics.jsonl", dist, writer)
-    # a later stage on top of a finished earlier one starts from its best weights: no
-    # pretrained download
-    from_earlier = min(stages) > 1 and (run_dir / "checkpoints" / f"stage{min(stages) - 1}" / "best").is_dir()
-    model = build_model(recipe["model"], load_pretrained=state is None and not from_earlier).to(device)
-    if state is not None:
-        load_strict(model, load_file(str(last_dir(run_dir) / "model.safetensors"), device=str(device)),
-                    source=str(last_dir(run_dir) / "model.safetensors"))
+    global_step = int(state["global_step"]) if state else next_global_step(run_dir / METRICS_FILE)
+    # TensorBoard drops the events a killed run wrote after its resume point
+    writer = tensorboard_writer(run_dir, dist, purge_step=global_step + 1 if state else None)
+    log = jsonl_logger(run_dir / METRICS_FILE, dist, writer)
     bar = progress_bar(progress and dist.is_main)
     ctx = RunContext(run_dir=run_dir, recipe=recipe, data=data, device=device, precision=precision, dist=dist,
                      log=log, progress=bar, resume_state=state, stop_after_steps=stop_after_steps,
-                     global_step=int(state.get("global_step", 0)) if state else 0)
+                     global_step=global_step)
     log({"event": "start", "stages": stages, "device": str(device), "precision": precision,
          "world_size": dist.world_size, "resume": bool(state), "global_step": ctx.global_step})
     try:

@@ -24,6 +24,7 @@ from diffret_cli.errors import CheckpointError
 from diffret_cli.fileio import atomic_write_bytes, replace_dir, temp_sibling
 
 STATE_FILE = "training_state.pt"
+METRICS_FILE = "metrics.jsonl"
 
 
 def last_dir(run_dir: Path) -> Path:
@@ -53,9 +54,13 @@ def set_rng_state(s: dict, gen: torch.Generator | None) -> None:
 
 
 def save_training_state(run_dir: Path, model, state: dict) -> None:
-    """checkpoints/last <- model + config + ``state``, as one unit."""
+    """checkpoints/last <- model + config + ``state``, as one unit. The state also records
+    how long metrics.jsonl was (``metrics_bytes``): a resume cuts what the interrupted
+    run logged after this point, which the resumed run logs again."""
     dst = last_dir(run_dir)
     tmp = temp_sibling(dst)
+    metrics = Path(run_dir) / METRICS_FILE
+    state = {**state, "metrics_bytes": metrics.stat().st_size if metrics.is_file() else 0}
     try:
         save_model(model, tmp)
         buf = io.BytesIO()
@@ -66,14 +71,31 @@ def save_training_state(run_dir: Path, model, state: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+REQUIRED_KEYS = ("stage", "epoch", "batch", "best", "global_step", "optimizer", "scheduler", "rng")
+
+
 def load_training_state(run_dir: Path) -> dict | None:
-    """The state saved with ``checkpoints/last``, or None when the run has none."""
+    """The state saved with ``checkpoints/last``, or None when the run has none. A file
+    that cannot be read as diffret's plain-tensor state (empty, cut short, damaged, or
+    holding pickled objects, which ``weights_only=True`` refuses to run) is a
+    :class:`CheckpointError` naming the file."""
     path = last_dir(run_dir) / STATE_FILE
     if not path.is_file():
         return None
+    hint = ("the resume point is damaged or was not written by diffret: restore the run folder from a copy, "
+            "or train into a new --run-dir (a run whose stage 1 finished can retrain stage 2 with --stage 2)")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read the resume state {path}: the file is empty (0 bytes)", hint=hint)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:
-        raise CheckpointError(f"cannot read the resume state {path}: {str(exc).splitlines()[0]}",
-                              hint="the file is damaged or was not written by diffret; start the run again "
-                              "without --resume (or resume from a copy of the run folder)") from exc
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused something that is not a tensor
+        raise CheckpointError(f"refusing to load the resume state {path}: it holds pickled Python objects, "
+                              "which could run code (only tensors and plain numbers are loaded)", hint=hint) from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError, IndexError, ... for damage
+        detail = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read the resume state {path} ({size} bytes): {detail}", hint=hint) from exc
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"the resume state {path} lacks {', '.join(missing)}", hint=hint)
+    return state
