@@ -344,7 +344,8 @@ def _resolve(name_or_path: str | os.PathLike, overrides: Sequence[str]) -> tuple
     extra: list[str] = []
     if info.source != "file" and "name" in raw and raw["name"] != info.name:
         extra.append(f"name: {raw['name']!r} differs from the file name {info.name!r}; they must match")
-    if isinstance(raw.get("model"), dict):  # sampler args that name the schedule: its own key now
+    if isinstance(raw.get("model"), dict) and raw["model"].get("family") in (None, "diffusionret"):
+        # DiffusionRet sampler args that name the schedule: its own key now
         from diffret_cli.model.config import split_schedule_args
 
         raw = {**raw, "model": split_schedule_args(raw["model"])}

@@ -7,26 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffret_cli.data.types import VideoEntry
 from diffret_cli.metrics import t2v_ranks, v2t_ranks
 from diffret_cli.model.dits import DITS
 from diffret_cli.model.pooling import MeanPooling, XPool, build_pooling
 from diffret_cli.errors import ConfigError
+from dits_helpers import F, fake_split, tiny_dits_config
 
-V, F, D = 10, 4, 32  # videos, frames, embedding width
-
-
-def tiny_dits_config(**overrides) -> dict:
-    from train_helpers import tiny_model_config
-
-    cfg = {"encoder": tiny_model_config()["encoder"],
-           # non-zero init (zero_init=False): the step network moves v from the first step
-           "denoiser": {"name": "dits_step", "args": {"hidden": 32, "depth": 2, "heads": 4, "zero_init": False}},
-           "pooling": {"name": "xpool", "args": {"heads": 1, "dropout": 0.3, "chunk_size": 4}},
-           "sampler": {"name": "dits", "args": {"num_steps": 10, "sample_steps": 3}},
-           "max_words": 16, "max_frames": F}
-    cfg.update(overrides)
-    return cfg
+V, D = 10, 32  # videos, embedding width
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +150,6 @@ def test_mean_pooling_and_bad_pooling_names():
 
 
 # ------------------------------------------------------------------------- leak guard
-class FakeSplit:
-    """A split with in-memory frames: .videos (VideoEntry) and .frames(video_id)."""
-
-    def __init__(self, videos, frames):
-        self.videos, self._frames = videos, frames
-
-    def frames(self, video_id: str, indices=None):
-        f = self._frames[video_id]
-        return (f if indices is None else f[indices]), None
-
-
 WORDS = ["red", "blue", "green", "star", "ring", "moves", "left", "right", "up", "down", "big", "small"]
 # videos 3 and 7 have no caption: 9 queries for 10 videos; video 5 has two
 CAPTIONS = {i: (f"{WORDS[i]} {WORDS[(3 * i + 1) % 12]} {WORDS[(5 * i + 2) % 12]}",) for i in range(V)}
@@ -182,9 +158,7 @@ CAPTIONS[5] = CAPTIONS[5] + ("small green ring moves up",)
 
 
 def _split(order):
-    rng = np.random.default_rng(0)
-    frames = {f"v{i}": rng.integers(0, 256, (F, 32, 32, 3), dtype=np.uint8) for i in range(V)}
-    return FakeSplit([VideoEntry(video_id=f"v{i}", captions=CAPTIONS[i]) for i in order], frames)
+    return fake_split(order, CAPTIONS)
 
 
 def leaky_similarity(model, tf, vf):
@@ -230,6 +204,15 @@ def test_leak_guard_with_text_conditioned_pooling(model):
         np.testing.assert_array_equal(ranks_b[row][0], ranks_a[row][0][back])
         by_video_a = dict(zip(queried_a, ranks_a[row][1].tolist()))
         assert dict(zip(queried_b, ranks_b[row][1].tolist())) == by_video_a
+    # through the evaluation library: the same metrics whatever the order
+    from diffret_cli.evaluation import EvalSettings, evaluate_split
+
+    settings = EvalSettings(device="cpu", precision="fp32", batch_size=4)
+    ra, rb = (evaluate_split(model, _split(o), settings) for o in (list(range(V)), perm))
+    for row in ("stage1", "diffusion"):
+        assert ra["rows"][row]["t2v"] == rb["rows"][row]["t2v"]
+        assert ra["rows"][row]["v2t"] == rb["rows"][row]["v2t"]
+    assert ra["rows"]["diffusion"]["t2v"]["queries"] == 9 and ra["num_videos"] == V
     # the negative control: the same check catches a leaking pooling
     _, leak_a = _ranks(model, _split(list(range(V))), leaky=True)
     _, leak_b = _ranks(model, _split(perm), leaky=True)

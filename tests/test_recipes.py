@@ -16,7 +16,7 @@ from diffret_cli.errors import ConfigError
 from diffret_cli.registry import registry
 
 BUILTIN = ["diffusionret-activitynet", "diffusionret-didemo", "diffusionret-lsmdc",
-           "diffusionret-msrvtt", "diffusionret-msvd", "quickstart"]
+           "diffusionret-msrvtt", "diffusionret-msvd", "dits-didemo", "dits-lsmdc", "dits-msrvtt", "quickstart"]
 
 
 @pytest.fixture
@@ -316,7 +316,7 @@ def test_cli_list_show_validate(tmp_path):
 
     result = runner.invoke(recipes_cli, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.output.count("ok    ") == len(BUILTIN) and "6 recipe(s) valid" in result.output
+    assert result.output.count("ok    ") == len(BUILTIN) and f"{len(BUILTIN)} recipe(s) valid" in result.output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: {name: nosuch}\nstage2: {loss: huber}\n")
