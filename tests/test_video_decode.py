@@ -165,6 +165,19 @@ def test_truncated_webm_is_partial(tmp_path, backend):
     assert decode_sampled(WEBM_VP9, backend=backend).partial is False
 
 
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_truncated_avi_is_partial_by_its_declared_frame_count(tmp_path, backend):
+    # An AVI cut short keeps its header (164 frames at 25 fps); FFmpeg's stream duration
+    # is then computed from the packets left (0.88 s), so only the frame count tells.
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes((VIDEOS / "mmaction2__test.avi").read_bytes()[:40000])
+    out = decode_sampled(cut, backend=backend)
+    assert out.partial is True and len(out.frames) == 1
+    assert any("(10 frame(s) decoded) but the header declares 164 frames (6.56 s at 25 fps)" in w
+               for w in out.warnings), out.warnings
+    assert decode_sampled(VIDEOS / "mmaction2__test.avi", backend=backend).partial is False
+
+
 def test_corrupted_mp4_keeps_what_decodes():
     out = decode_sampled(CORRUPTED)
     assert out.partial is True

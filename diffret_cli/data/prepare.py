@@ -43,7 +43,7 @@ from diffret_cli.data.prepare_worker import (CACHE_VERSION, WorkersUnavailable, 
                                              init_worker, process_start_time, process_video, run_pool,
                                              sigterm_as_interrupt)
 from diffret_cli.data.progress import PrepareProgress
-from diffret_cli.data.splits import AbsentSplit, check_splits, shared_videos
+from diffret_cli.data.splits import AbsentSplit, check_splits, names_under, shared_videos
 from diffret_cli.data.types import ItemProblem, SplitAnnotations, VideoEntry
 from diffret_cli.errors import AnnotationError, ConfigError, DiffretError
 from diffret_cli.fileio import atomic_write_text, is_temp_name
@@ -161,17 +161,6 @@ def find_source_root(base: Path, files: list[str], *, depth: int = 2) -> Path | 
     return None
 
 
-def _names_under(base: Path, *, depth: int = 3) -> set[str]:
-    """File names up to ``depth`` folders below ``base`` (to tell "files are here")."""
-    names: set[str] = set()
-    base_depth = len(base.parts)
-    for dirpath, dirnames, filenames in os.walk(base):
-        if len(Path(dirpath).parts) - base_depth >= depth:
-            dirnames.clear()
-        names.update(filenames)
-    return names
-
-
 def source_root_under(base: Path, files: list[str]) -> Path | None:
     """Where to read from under ``base``: the one folder holding every file if there is
     one; else ``base`` itself when every file is somewhere below it (dataset plugins
@@ -181,7 +170,7 @@ def source_root_under(base: Path, files: list[str]) -> Path | None:
     exact = find_source_root(base, files)
     if exact is not None:
         return exact
-    names = _names_under(base)
+    names = names_under(base)
     return base if all(Path(f).name in names for f in files) else None
 
 

@@ -13,6 +13,7 @@ reports it (all zero for every built-in dataset at its defaults).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,22 +39,14 @@ class AbsentSplit:
         return d
 
 
-def _names_below(base: Path, depth: int = 3) -> set[str]:
-    """File names up to ``depth`` folders below ``base``."""
+def names_under(base: Path, *, depth: int = 3) -> set[str]:
+    """File names up to ``depth`` folders below ``base`` (to tell "the files are here")."""
     names: set[str] = set()
-    level = [base]
-    for _ in range(depth + 1):
-        nxt = []
-        for d in level:
-            try:
-                for c in d.iterdir():
-                    if c.is_dir():
-                        nxt.append(c)
-                    else:
-                        names.add(c.name)
-            except OSError:
-                continue
-        level = nxt
+    base_depth = len(base.parts)
+    for dirpath, dirnames, filenames in os.walk(base):
+        if len(Path(dirpath).parts) - base_depth >= depth:
+            dirnames.clear()
+        names.update(filenames)
     return names
 
 
@@ -78,7 +71,7 @@ def missing_files(plugin: DatasetPlugin, source: Path, split: str) -> tuple[list
         except DiffretError as exc:
             missing = [f for f in files if not _found(plugin, source, f)] or files
             return missing, exc.message, exc.hint or ""
-    names = _names_below(source)
+    names = names_under(source)
     missing = [f for f in files if not (source / f).exists() and Path(f).name not in names]
     note = getattr(plugin, "download_note", "") or ""
     return missing, f"{plugin.name}: {', '.join(missing)} not found under {source}", note
