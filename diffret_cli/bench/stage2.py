@@ -49,7 +49,7 @@ class Stage2Step:
         with torch.no_grad():  # frozen after stage 1: cached with the features
             self.t, self.tw = sim.prepare_text(feats.tokens, feats.text_mask)
             self.v, self.vw = sim.prepare_video(feats.frames, feats.frame_mask)
-        self.feats = feats
+        self.feats, self.similarity = feats, sim
         self.video_ids = torch.arange(batch, device=device)  # caption i shows video i
         self.t2v = create("denoisers", "t2v", width=width).to(device).train()
         self.v2t = create("denoisers", "v2t", width=width).to(device).train()

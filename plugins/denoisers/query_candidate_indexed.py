@@ -39,13 +39,23 @@ def _gather_pairs(x: torch.Tensor, cand_index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx)
 
 
-def _decode(den, x_t, logits, val_sum, dec_pairs):
-    """Eq. 5's softmax (given the weighted sum it feeds), Eq. 6 and the decoder."""
+def _decode(den, x_t, logits, val_sum, dec_items, cand_index):
+    """Eq. 5's softmax (given the weighted sum it feeds), Eq. 6 and the decoder.
+
+    ``dec_items`` [B,M,2D] is W1_c p for every (query, unique item) pair. When there are
+    no more items than candidate slots (training: M = K), the decoder runs on the pairs
+    and its [B,M] output is gathered, so no [B,K,2D] tensor is gathered (nor scattered
+    back in the backward pass); otherwise the pairs are gathered first."""
     weight = torch.softmax(_logit_scale(den, logits) + x_t, dim=-1)
     h = den.proj(val_sum(weight))
-    w1_h, _, _ = den.decoder_split()
-    hidden = torch.relu(dec_pairs + F.linear(h, w1_h).unsqueeze(1))
-    return den.decoder[2](hidden).squeeze(-1) + weight
+    w1_h, _, b1 = den.decoder_split()
+    u = F.linear(h, w1_h, b1).unsqueeze(1)  # W1_h h + b1, shared by a query's candidates
+    last = den.decoder[2]
+    if dec_items.shape[1] <= cand_index.shape[1]:
+        out = torch.gather(F.linear(torch.relu(dec_items + u), last.weight, last.bias).squeeze(-1), 1, cand_index)
+    else:
+        out = F.linear(torch.relu(_gather_pairs(dec_items, cand_index) + u), last.weight, last.bias).squeeze(-1)
+    return out + weight
 
 
 def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index):
@@ -53,7 +63,7 @@ def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index
     m, nf, d = video.shape
     cond = den.embed_timestep(t)  # [B,D]
     wq, wk, wv = den.q_proj.weight, den.k_proj.weight, den.v_proj.weight
-    _, w1_c, b1 = den.decoder_split()
+    w1_c = den.decoder_split()[1]
     q_in = text[query_index]  # [B,D]
     q = F.linear(q_in + cond, wq)  # Wq(text + c)
     frames = video.reshape(m * nf, d)
@@ -70,9 +80,8 @@ def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index
 
     # decoder half: W1_c pooled = sum_t a[b,m,t] (W1_c f[m,t]); frames projected once
     frames_dec = F.linear(video, w1_c)  # [M,T,2D]
-    dec_all = torch.bmm(attn.transpose(0, 1), frames_dec).transpose(0, 1)  # [B,M,2D]
-    dec_pairs = _gather_pairs(dec_all, cand_index) + b1
-    return _decode(den, x_t, logits, val_sum, dec_pairs)
+    dec_items = torch.bmm(attn.transpose(0, 1), frames_dec).transpose(0, 1)  # [B,M,2D]
+    return _decode(den, x_t, logits, val_sum, dec_items, cand_index)
 
 
 def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index):
@@ -80,7 +89,7 @@ def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index
     n, d = text.shape
     cond = den.embed_timestep(t)  # [B,D]
     wq, wk, wv = den.q_proj.weight, den.k_proj.weight, den.v_proj.weight
-    _, w1_c, b1 = den.decoder_split()
+    w1_c = den.decoder_split()[1]
     frames = video[query_index]  # [B,T,D]
     nf = frames.shape[1]
     k_text = F.linear(text, wk)  # [N,D]
@@ -100,5 +109,5 @@ def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index
         per_text = torch.zeros(b, n, dtype=weight.dtype, device=weight.device).scatter_add(1, cand_index, weight)
         return F.linear(per_text @ text + cond, wv)
 
-    dec_pairs = F.linear(text, w1_c, b1)[cand_index]  # texts projected once, then gathered
-    return _decode(den, x_t, logits, val_sum, dec_pairs)
+    dec_items = F.linear(text, w1_c).unsqueeze(0).expand(b, -1, -1)  # texts projected once [B,N,2D]
+    return _decode(den, x_t, logits, val_sum, dec_items, cand_index)
