@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from diffret_cli.checkpoint import load_model, save_model
+from diffret_cli.errors import ConfigError
 from diffret_cli.evaluation import EvalSettings, EvalTarget, evaluate_dataset, evaluate_run
 from diffret_cli.families import build_model
 from diffret_cli.model.diffusionret import DiffusionRet, TextFeatures, VideoFeatures
@@ -70,8 +71,12 @@ def convert_official(path: str | Path, **config_overrides) -> DiffusionRet:
 def encode_texts(model: DiffusionRet, texts: list[str], *, batch_size: int = 256) -> TextFeatures:
     from diffret_cli.features import encode_texts as _enc
 
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ConfigError("encode_texts needs a non-empty list of strings",
+                          hint='pass e.g. ["a man is playing guitar"]')
     device = next(model.parameters()).device
-    return _enc(model.eval(), list(texts), batch_size=batch_size, device=device)
+    return _enc(model.eval(), texts, batch_size=batch_size, device=device)
 
 
 @torch.no_grad()
@@ -91,8 +96,15 @@ def encode_videos(model: DiffusionRet, videos, *, batch_size: int = 16) -> Video
         masks.append(m)
         batch.clear()
 
-    for frames in videos:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}; it must be >= 1", hint="pass batch_size=16 (the default)")
+    for i, frames in enumerate(videos):
         frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
+            raise ConfigError(f"video {i}: expected uint8 frames [T, H, W, 3] with T >= 1, got "
+                              f"{frames.dtype} {list(frames.shape)}",
+                              hint="decode the video first (e.g. with decord or PyAV) and pass its RGB frames; "
+                              "a video with no frames cannot be encoded")
         frames = frames[select_frame_indices(len(frames), max_frames)]
         batch.append(frames_to_tensor(frames, image_size=enc.image_size, mean=enc.image_mean, std=enc.image_std,
                                       max_frames=max_frames))
@@ -100,6 +112,8 @@ def encode_videos(model: DiffusionRet, videos, *, batch_size: int = 16) -> Video
             flush()
     if batch:
         flush()
+    if not feats:
+        raise ConfigError("encode_videos got no videos", hint="pass a non-empty list of [T, H, W, 3] uint8 arrays")
     return VideoFeatures(torch.cat(feats), torch.cat(masks))
 
 
