@@ -42,7 +42,7 @@ def resolve_checkpoint_dir(path: Path) -> Path:
     path = Path(path)
     if path.is_file() and path.name == MODEL_FILE:
         path = path.parent
-    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+    if (path / CONFIG_FILE).is_file():  # a checkpoint folder (load_model names a missing weights file)
         return path
     for sub in ("checkpoints/best", "checkpoints/stage2/best", "checkpoints/stage1/best", "checkpoints/last"):
         if (path / sub / CONFIG_FILE).is_file():

@@ -114,6 +114,9 @@ def evaluate_split(model, split, settings: EvalSettings | None = None, *, encode
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     model.eval()
+    if settings.rerank and settings.steps is not None:  # a --steps out of range fails before encoding
+        with sampler_overrides(model, settings.sampler_args):
+            model.make_sampler(sample_steps=settings.steps)
     if encoded is None:
         encoded = encode_split(model, split, settings)
     texts, tf, vf = encoded.texts, encoded.text, encoded.video

@@ -26,7 +26,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 STAGES = (1, 2)
 RECIPE_SUFFIX = ".yaml"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+# no mps: the diffusion coefficients are float64, which Apple's backend lacks
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 #: Every setting and its default. A recipe file overrides what it names. ``model`` is
 #: the model config of :mod:`diffret_cli.model.diffusionret` (its ``DEFAULT_CONFIG``,
@@ -414,7 +415,8 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
 
     # train -------------------------------------------------------------------------------------
     c.require("train.seed", _ge(0), "an integer >= 0")
-    c.require("train.device", lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, mps, cuda or cuda:N")
+    c.require("train.device", lambda v: bool(_DEVICE_RE.match(v)),
+              "auto, cpu, cuda or cuda:N (not mps: the diffusion coefficients are float64)")
     c.require("train.precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
     c.require("train.num_workers", _ge(0), "an integer >= 0")
     c.require("train.log_every", _ge(1), "an integer >= 1")
@@ -426,6 +428,11 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
     if isinstance(stages, list) and (not stages or any(s not in STAGES for s in stages)
                                      or stages != sorted(set(stages))):
         c.problems.append(f"train.stages: {stages!r} is not allowed; expected [1], [2] or [1, 2]")
+    for st in stages if isinstance(stages, list) else []:
+        epochs = c.get(f"stage{st}.epochs") if st in STAGES else None
+        if isinstance(epochs, int) and epochs == 0:
+            c.problems.append(f"stage{st}.epochs: 0 trains nothing, but train.stages runs stage {st}; "
+                              f"set stage{st}.epochs >= 1 or leave {st} out of train.stages")
 
     # eval ----------------------------------------------------------------------------------------
     splits = c.get("eval.splits")

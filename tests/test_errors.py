@@ -1,0 +1,189 @@
+"""One error handler for every command (diffret_cli.cli.main): the message, the fix, a
+pointer to --debug; a traceback only with --debug or DIFFRET_DEBUG=1. Damaged checkpoint
+files are errors that name the file."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import torch
+
+from diffret_cli.checkpoint import MODEL_FILE, load_model, save_model
+from diffret_cli.cli import main as main_mod
+from diffret_cli.cli.main import debug_requested, main
+from diffret_cli.errors import CheckpointError, ConfigError
+from diffret_cli.training.state import STATE_FILE, last_dir, load_training_state
+from train_helpers import REPO, tiny_model_config
+
+
+@pytest.fixture
+def failing_command(monkeypatch):
+    """A `diffret boom` command that raises whatever the test puts in ``raise_[0]``."""
+    raise_: list[BaseException] = []
+
+    @click.command("boom")
+    def boom() -> None:
+        raise raise_[0]
+
+    monkeypatch.setitem(main_mod.SUBCOMMANDS, "boom", ("tests_boom_module", "boom", "fails"))
+    fake = type(sys)("tests_boom_module")
+    fake.boom = boom
+    monkeypatch.setitem(sys.modules, "tests_boom_module", fake)
+    monkeypatch.delenv(main_mod.DEBUG_ENV, raising=False)
+    return raise_
+
+
+def _run(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_a_user_error_is_the_message_and_the_fix_without_a_traceback(failing_command, capsys):
+    failing_command.append(ConfigError("stage1.lr=-1 is not allowed; expected a number > 0",
+                                       hint="set stage1.lr=1e-4"))
+    code, err = _run(["boom"], capsys)
+    assert code == 2
+    assert "error: stage1.lr=-1 is not allowed; expected a number > 0" in err
+    assert "fix: set stage1.lr=1e-4" in err
+    assert "--debug" in err and "DIFFRET_DEBUG=1" in err and "Traceback" not in err
+
+
+def test_a_bug_is_reported_as_internal_with_how_to_get_the_traceback(failing_command, capsys):
+    failing_command.append(IndexError("list index out of range"))
+    code, err = _run(["boom"], capsys)
+    assert code == 1
+    assert "internal error: IndexError: list index out of range" in err
+    assert "--debug" in err and "report it" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["flag-after", "flag-before", "env"])
+def test_debug_shows_the_traceback(failing_command, monkeypatch, how):
+    failing_command.append(IndexError("list index out of range"))
+    argv = {"flag-after": ["boom", "--debug"], "flag-before": ["--debug", "boom"], "env": ["boom"]}[how]
+    if how == "env":
+        monkeypatch.setenv(main_mod.DEBUG_ENV, "1")
+    with pytest.raises(IndexError):  # re-raised: Python prints the traceback
+        main(argv)
+
+
+def test_os_errors_name_the_path_and_the_fix(failing_command, capsys):
+    failing_command.append(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/checkpoints/last"))
+    code, err = _run(["boom"], capsys)
+    assert code == 1
+    assert f"error: {os.strerror(errno.ENOSPC)}: /runs/x/checkpoints/last" in err
+    assert "free some disk space" in err and "Traceback" not in err
+
+
+def test_out_of_memory_says_to_lower_the_batch_size(failing_command, capsys):
+    failing_command.append(MemoryError())
+    code, err = _run(["boom"], capsys)
+    assert code == 1 and "out of memory" in err and "--batch-size" in err
+
+
+def test_debug_flag_is_taken_anywhere_before_a_separator(monkeypatch):
+    monkeypatch.delenv(main_mod.DEBUG_ENV, raising=False)
+    assert debug_requested(["eval", "run", "--debug"]) == (True, ["eval", "run"])
+    assert debug_requested(["train", "--", "--debug"]) == (False, ["train", "--", "--debug"])
+    monkeypatch.setenv(main_mod.DEBUG_ENV, "0")
+    assert debug_requested(["eval"])[0] is False
+
+
+def test_sigterm_is_handled_like_ctrl_c():
+    """SIGTERM inside a command runs its cleanup (finally) and exits 130, like Ctrl-C."""
+    code = (
+        "import os, signal, sys, click\n"
+        "from diffret_cli.cli import main as m\n"
+        "@click.command('hang')\n"
+        "def hang():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        import time; time.sleep(30)\n"
+        "    finally:\n"
+        "        print('cleanup ran', flush=True)\n"
+        "mod = type(sys)('hang_mod'); mod.hang = hang; sys.modules['hang_mod'] = mod\n"
+        "m.SUBCOMMANDS['hang'] = ('hang_mod', 'hang', '')\n"
+        "m.main(['hang'])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 130, res.stderr
+    assert "cleanup ran" in res.stdout and "aborted (SIGTERM)" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- damaged checkpoint files
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from diffret_cli.families import build_model
+
+    torch.manual_seed(0)
+    return save_model(build_model(tiny_model_config(), load_pretrained=False), tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "missing"])
+def test_a_damaged_model_file_is_an_error_naming_it(checkpoint, tmp_path, damage):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    f = bad / MODEL_FILE
+    data = f.read_bytes()
+    if damage == "missing":
+        f.unlink()
+    else:
+        f.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * 64}[damage])
+    with pytest.raises(CheckpointError) as e:
+        load_model(bad)
+    assert str(f) in e.value.message
+    assert {"empty": "empty (0 bytes)", "truncated": "damaged", "garbage": "damaged",
+            "missing": "missing"}[damage] in e.value.message
+    assert e.value.hint
+
+
+def _state_file(run: Path, obj) -> Path:
+    path = last_dir(run) / STATE_FILE
+    path.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not-a-state"])
+def test_a_damaged_resume_state_is_an_error_naming_it(tmp_path, damage):
+    good = {"stage": 1, "epoch": 0, "batch": 2, "best": 0.0, "global_step": 2, "optimizer": {}, "scheduler": {},
+            "rng": {"torch": torch.get_rng_state()}}
+    path = _state_file(tmp_path, good if damage != "not-a-state" else {"weights": torch.zeros(2)})
+    assert damage == "not-a-state" or load_training_state(tmp_path)["global_step"] == 2
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as e:
+        load_training_state(tmp_path)
+    assert str(path) in e.value.message and "--run-dir" in e.value.hint
+
+
+class _Payload:
+    """An object whose unpickling would run code (creates a marker file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_resume_state_with_pickled_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    _state_file(tmp_path, {"stage": 1, "payload": _Payload(str(marker))})
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        load_training_state(tmp_path)
+    assert not marker.exists()
