@@ -85,8 +85,11 @@ def metric_table(rows: list[tuple[str, str, str, dict]]) -> str:
 def metric_sections(evals: list[dict], in_domain: str) -> str:
     """In-domain, out-of-domain and QB-Norm tables from saved evaluations."""
     groups: dict[str, list] = {"in-domain": [], "out-of-domain": [], "QB-Norm": []}
-    for res in evals:
-        ds = res.get("dataset", res["_file"].rsplit("-", 1)[0])
+    def dataset(res: dict) -> str:
+        return res.get("dataset", res["_file"].rsplit("-", 1)[0])
+
+    for res in sorted(evals, key=lambda r: (dataset(r) != in_domain, r["_file"])):  # in-domain first
+        ds = dataset(res)
         label = f"{ds} {res.get('split', '')} ({res.get('num_captions', '?')} captions, " \
                 f"{res.get('num_videos', '?')} videos)"
         domain = "in-domain" if ds == in_domain else "out-of-domain"

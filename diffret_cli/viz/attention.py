@@ -116,6 +116,10 @@ def attention_figure(scores, *, model, caption: int, video: int | None = None):
         w = text_frame_attention(model.denoiser_t2v, scores.text.cls[caption], scores.video.frames[v],
                                  scores.video.mask[v])
         kind = "ground truth" if v == gt else "best other video"
-        rows.append({"label": f"{kind}: {vid} (stage-1 rank {rank:g}, S {float(scores.stage1[caption, v]):.3f})",
+        label = f"{kind}: {vid} (stage-1 rank {rank:g}, S {float(scores.stage1[caption, v]):.3f})"
+        lost = 1.0 - float(w.sum())
+        if lost > 0.005:  # the official mask, applied after the softmax, drops what padded frames took
+            label += f"; padded frames took {lost:.2f} of the attention"
+        rows.append({"label": label,
                      "frames": frames, "weights": w[:len(frames)], "ground_truth": v == gt})
     return draw_attention(scores.captions[caption], rows)

@@ -51,7 +51,10 @@ def draw_diffusion(states: np.ndarray, *, step_labels: list[str], gt_positions: 
     lim = float(np.abs(states).max()) or 1.0
     im = heat.imshow(states.T, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     fig.colorbar(im, ax=heat, label="state value", fraction=0.03, pad=0.01)
-    ticks = sorted(set(cols) | set(np.linspace(0, n_states - 1, min(n_states, 11)).round().astype(int).tolist()))
+    # the snapshot steps, plus evenly spaced ones that keep clear of them (labels must not overlap)
+    gap = max(1, n_states // 15)
+    even = np.linspace(0, n_states - 1, min(n_states, 11)).round().astype(int).tolist()
+    ticks = sorted(set(cols) | {t for t in even if all(abs(t - c) > gap for c in cols)})
     heat.set_xticks(ticks, [step_labels[i] for i in ticks], fontsize=7)
     heat.set_yticks(range(k), candidate_labels, fontsize=7)
     for pos in gt_positions:
@@ -62,10 +65,9 @@ def draw_diffusion(states: np.ndarray, *, step_labels: list[str], gt_positions: 
     heat.set_title(title, fontsize=9, loc="left")
 
     colors = [GT_COLOR if i in gt_positions else OTHER_COLOR for i in range(k)]
-    first = None
     for j, c in enumerate(cols):
-        ax = fig.add_subplot(grid[1, j], sharey=first)
-        first = first or ax
+        # each snapshot on its own scale: x_0 is small next to the noise of x_T
+        ax = fig.add_subplot(grid[1, j])
         ax.set_label(f"snapshot:{step_labels[c]}")
         ax.bar(np.arange(1, k + 1), states[c], color=colors)
         ax.axhline(0, color="black", linewidth=0.5)
