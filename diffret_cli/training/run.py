@@ -197,6 +197,9 @@ def start_model(recipe: dict, run_dir: Path, *, state: dict | None, stages: list
     # pretrained download
     from_earlier = min(stages) > 1 and (run_dir / "checkpoints" / f"stage{min(stages) - 1}" / "best").is_dir()
     model = build_model(recipe["model"], load_pretrained=state is None and not from_earlier)
+    if hasattr(model, "make_sampler"):  # the sampler validation will use: a bad argument fails now
+        steps = recipe.get("eval", {}).get("steps")
+        model.make_sampler(**({"sample_steps": steps} if steps is not None else {}))
     if state is not None:
         path = last_dir(run_dir) / MODEL_FILE
         load_strict(model, load_tensors(path), source=str(path))
