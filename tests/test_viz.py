@@ -216,6 +216,7 @@ def test_curves_plot_every_logged_step(run):
         assert list(vline.get_ydata()) == [r["val_score"] for r in records if r.get("stage") == stage and "val_score" in r]
 
 
+@pytest.mark.slow  # five CLI runs, each loading the run and scoring its test split
 def test_cli_writes_each_figure(run, tmp_path):
     from click.testing import CliRunner
 
@@ -241,9 +242,8 @@ def test_truncated_sampler_draws_the_query_path():
     """DITS moves the text embedding: its figure scores every state against the gallery;
     the first state is the text itself (the dual encoder's score), the last v_0 (the
     generative score)."""
-    from test_dits_model import CAPS, FakeSplit, tiny_dits_config
+    from dits_helpers import fake_split, tiny_dits_config
 
-    from diffret_cli.data.types import VideoEntry
     from diffret_cli.evaluation import EvalSettings
     from diffret_cli.model.dits import DITS
     from diffret_cli.viz.diffusion import diffusion_figure
@@ -251,9 +251,9 @@ def test_truncated_sampler_draws_the_query_path():
 
     torch.manual_seed(0)
     model = DITS(tiny_dits_config(), load_pretrained=False).eval()
-    rng = np.random.default_rng(0)
-    frames = {f"v{i}": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8) for i in range(6)}
-    split = FakeSplit([VideoEntry(video_id=f"v{i}", captions=(CAPS[i],)) for i in range(6)], frames)
+    words = ["red ring moves left", "blue star up", "green ring down small", "big red star right",
+             "small blue ring", "a star moves"]
+    split = fake_split(list(range(6)), {i: (w,) for i, w in enumerate(words)})
     s = score_split(model, split, EvalSettings(device="cpu", seed=3), dataset="fake", split_name="test")
     fig = diffusion_figure(s, query=2, model=model)
     (ax,) = _axes(fig, "query-path")
