@@ -112,7 +112,9 @@ def encode_chunk(model, source: Source, items: list[SourceItem], settings: Build
             m = torch.stack([batch[i].mask for i in good]).to(device)
             with autocast_for(device, precision):
                 v = model.encode_video(x, m)
-            f = v.frames.float()
+            # weights and pooled vectors from the float16 features the index keeps, so the
+            # index scores exactly as the model scores its stored features
+            f = v.frames.half().float()
             vn, w = model.similarity.prepare_video(f, m)
             feats.append(f.half().cpu().numpy())
             weights.append(w.float().cpu().numpy())
@@ -157,7 +159,7 @@ def encode_captions(model, captions: list[str], *, device, batch_size: int = 256
         ids, mask = model.encoder.tokenize(captions[a:a + batch_size], model.config["max_words"])
         ids, mask = ids.to(device), mask.to(device)
         f = model.encode_text(ids, mask)
-        tn, w = model.similarity.prepare_text(f.tokens.float(), mask)
+        tn, w = model.similarity.prepare_text(f.tokens.half().float(), mask)  # as stored
         out["features"].append(f.tokens.half().cpu().numpy())
         out["weights"].append(w.float().cpu().numpy())
         out["lengths"].append(mask.sum(dim=1).cpu().numpy().astype(np.int16))
@@ -325,7 +327,7 @@ def write_feature_index(model, out: str | Path, *, n: int, batches, items, setti
     for start, frames, lengths in batches:
         lengths = torch.as_tensor(lengths)
         mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-        frames = frames.float()
+        frames = frames.half().float()  # as stored (see encode_chunk)
         vn, wts = model.similarity.prepare_video(frames, mask)
         w.write(start, features=frames.half().numpy(), weights=wts.float().numpy(),
                 lengths=lengths.numpy().astype(np.int16), pooled_vectors=pooled(vn, wts).half().numpy())

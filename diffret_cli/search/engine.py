@@ -175,19 +175,19 @@ class SearchIndex:
             tick = now
 
         text = TextFeatures(text.tokens.to(self.device), text.cls.to(self.device), text.mask.to(self.device))
-        t, tw, q = scoring.text_side(self.model, text)
+        t, tw, tmask, q = scoring.text_side(self.model, text)
         rows, member = stage.shortlist(q, st["shortlist"], st["nprobe"])
         lap("first_stage")
         feats, weights, mask = stage.part.rows(rows)
         feats, weights, mask = feats.to(self.device), weights.to(self.device), mask.to(self.device)
         lap("read")
-        s1 = scoring.tokenwise(self.model, t, tw, scoring.normalise(feats, mask), weights)
+        s1 = scoring.tokenwise(t, tw, tmask, scoring.normalise(feats, mask), weights)
         s1 = s1.masked_fill(~torch.from_numpy(member).to(self.device), float("-inf"))
         lap("tokenwise")
         fused = s1
         if st["rerank"] > 0:
-            fused = scoring.rerank_t2v(self.model, s1, text.cls, feats, mask, topk=st["rerank"],
-                                       steps=steps, seed=seed)
+            fused = scoring.rerank_top(s1, st["rerank"], lambda sub, cols: scoring.rerank_t2v(
+                self.model, sub, text.cls, feats[cols], mask[cols], topk=st["rerank"], steps=steps, seed=seed))
         lap("rerank")
         k = min(top, len(rows))
         scores, cols = fused.topk(k, dim=1)
@@ -232,14 +232,14 @@ class SearchIndex:
         tokens, weights, mask = stage.part.rows(rows)
         t_norm = scoring.normalise(tokens.to(self.device), mask.to(self.device))
         # captions are the text side of Eq. 10: [K, 1] scores, one row per caption
-        s1 = scoring.tokenwise(self.model, t_norm, weights.to(self.device), v, vw).t()
+        s1 = scoring.tokenwise(t_norm, weights.to(self.device), mask.to(self.device), v, vw).t()
         cls = torch.from_numpy(np.ascontiguousarray(stage.part.cls[rows])).float().to(self.device)
         timing["stage1"] = round((time.perf_counter() - t1) * 1e3, 2)
         t2 = time.perf_counter()
         fused = s1
         if st["rerank"] > 0:
-            fused = scoring.rerank_v2t(self.model, s1, cls, video.frames, video.mask, topk=st["rerank"],
-                                       steps=steps, seed=seed)
+            fused = scoring.rerank_top(s1, st["rerank"], lambda sub, cols: scoring.rerank_v2t(
+                self.model, sub, cls[cols], video.frames, video.mask, topk=st["rerank"], steps=steps, seed=seed))
         timing["rerank"] = round((time.perf_counter() - t2) * 1e3, 2)
         k = min(top, len(rows))
         scores, cols = fused[0].topk(k)

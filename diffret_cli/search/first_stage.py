@@ -91,7 +91,6 @@ def build(vectors: np.ndarray, spec: FirstStageSpec, *, batch: int = 65536, seed
     elif spec.kind == "ivf":
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, spec.nlist, qt, ip)
         index.by_residual = False  # fp16 codes are exact enough; residuals only slow the scan
-        index.own_fields = True
         rng = np.random.default_rng(seed)
         take = min(n, spec.nlist * TRAIN_PER_CELL)
         sample = np.sort(rng.choice(n, take, replace=False))

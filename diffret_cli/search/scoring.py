@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from diffret_cli.model.diffusionret import TextFeatures
+from diffret_cli.model.similarity import wti_scores
 from diffret_cli.rerank import rerank_direction
 from diffret_cli.search.store import pooled
 
@@ -40,26 +41,48 @@ def encode_queries(model, texts: list[str], *, device=None) -> TextFeatures:
 
 
 @torch.no_grad()
-def text_side(model, text: TextFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(normalised tokens [B,L',D], token weights [B,L'], first-stage vectors [B,D]).
+def text_side(model, text: TextFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised tokens [B,L',D], token weights [B,L'], mask [B,L'], first-stage
+    vectors [B,D]).
 
     Token columns past the longest query are dropped except one: in Eq. 10 as the
     official code computes it a padded word enters the cosine matrix as 0 and competes
-    in each frame's max over words, so one all-zero column reproduces every padded one.
+    in each frame's max over words, so one padded column stands for all of them.
     """
     length = int(text.mask.sum(dim=1).max())
     keep = min(text.tokens.shape[1], length + 1)
-    t, w = model.similarity.prepare_text(text.tokens[:, :keep].float(), text.mask[:, :keep])
-    return t, w, pooled(t, w)
+    mask = text.mask[:, :keep]
+    t, w = model.similarity.prepare_text(text.tokens[:, :keep].float(), mask)
+    return t, w, mask, pooled(t, w)
 
 
 @torch.no_grad()
-def tokenwise(model, t: torch.Tensor, tw: torch.Tensor, v: torch.Tensor, vw: torch.Tensor,
-              *, block: int = 4096) -> torch.Tensor:
-    """Eq. 10 scores [B, K] of prepared texts against prepared items, in blocks of items
-    so that the [B, K, L, T] cosine tensor stays small."""
-    out = [model.similarity.combine(t, tw, v[a:a + block], vw[a:a + block]) for a in range(0, v.shape[0], block)]
-    return torch.cat(out, dim=1) if out else t.new_zeros(t.shape[0], 0)
+def tokenwise(t: torch.Tensor, tw: torch.Tensor, mask: torch.Tensor, v: torch.Tensor, vw: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 scores [B, K] of prepared texts against prepared items (the model's own
+    valid-token implementation, the one evaluation runs)."""
+    return wti_scores(t, tw, mask, v, vw)
+
+
+@torch.no_grad()
+def rerank_top(scores: torch.Tensor, topk: int, run) -> torch.Tensor:
+    """Re-rank each row's top ``topk`` columns of ``scores`` [B, K] with ``run(sub,
+    cols)`` (a call of :func:`rerank_t2v` / :func:`rerank_v2t` on the sub-matrix of the
+    candidate columns ``cols``); other entries keep their stage-1 score.
+
+    Only the candidates go to the denoiser: its per-item work then covers ``topk`` items
+    per query, not the whole shortlist. Each row of the sub-matrix holds its own top
+    ``topk`` (finite) and -inf elsewhere, so the sampler sees the same sorted candidates,
+    hence the same noise columns, as it would on the full row.
+    """
+    k = min(topk, scores.shape[1])
+    top_s, top_c = scores.topk(k, dim=1)
+    cols = torch.unique(top_c)
+    sub = scores.new_full((scores.shape[0], len(cols)), float("-inf"))
+    sub.scatter_(1, torch.searchsorted(cols, top_c), top_s)
+    fused = run(sub, cols)
+    out = scores.clone()
+    out[:, cols] = torch.where(torch.isfinite(sub), fused, scores[:, cols])
+    return out
 
 
 @torch.no_grad()
