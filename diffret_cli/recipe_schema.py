@@ -368,6 +368,17 @@ def validate_recipe(recipe: dict[str, Any]) -> list[str]:
     steps = sched_args.get("num_steps") if isinstance(sched_args, dict) else None
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         c.problems.append(f"model.schedule.args.num_steps: {steps!r} is not allowed; expected an integer >= 1")
+    # a full (noise-to-sample) sampler runs the model's schedule: its own schedule
+    # arguments would sample another diffusion than the one the denoisers learned
+    s_args = c.get("model.sampler.args")
+    if isinstance(sched_args, dict) and isinstance(s_args, dict) and s_cls is not None \
+            and not getattr(s_cls, "truncated", False):
+        for k, instead in (("schedule", "model.schedule.name"), ("num_steps", "model.schedule.args.num_steps"),
+                           ("beta_scale", "model.schedule.args.beta_scale")):
+            if k in s_args:
+                c.problems.append(f"model.sampler.args.{k}: {s_args[k]!r} is not allowed; the sampler runs the "
+                                  f"model's noise schedule, the one its denoisers are trained on: set {instead} "
+                                  "(or model.sampler.args.sample_steps / --steps for fewer sampling steps)")
     c.require("model.family", lambda v: v in registry().names("families"),
               "a registered model family (`diffret plugins list --kind families`)")
 

@@ -187,3 +187,20 @@ def test_a_resume_state_with_pickled_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(CheckpointError, match="pickled Python objects"):
         load_training_state(tmp_path)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ recipes that must not validate
+@pytest.mark.parametrize("override, expect", [
+    ("train.device=mps", "not mps: the diffusion coefficients are float64"),
+    ("stage2.epochs=0", "stage2.epochs: 0 trains nothing"),
+    ("model.sampler.args.num_steps=1", "set model.schedule.args.num_steps"),
+    ("model.sampler.args.schedule=linear", "set model.schedule.name"),
+])
+def test_recipes_that_would_train_nothing_or_the_wrong_thing_are_refused(override, expect):
+    from diffret_cli.errors import DiffretError
+    from diffret_cli.recipes import load_recipe
+
+    with pytest.raises(DiffretError, match="problem") as e:
+        load_recipe("quickstart", [override])
+    assert expect in str(e.value)
+    load_recipe("quickstart", ["train.stages=[1]", "stage2.epochs=0"])  # stage 2 does not run: fine
