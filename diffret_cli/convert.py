@@ -95,16 +95,39 @@ def infer_config(official: dict[str, torch.Tensor], *, max_words: int = 32, max_
 
 
 def load_official(path: Path) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
+    """The official state dict in ``path`` (``weights_only=True``: no pickled code runs);
+    a file that is not one is a :class:`CheckpointError` naming it."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
         raise CheckpointError(f"official checkpoint not found: {path}", hint="pass the path of best.pth")
+    resave = ("diffret reads plain state dicts (weights_only=True); in the official code, re-save it with "
+              "torch.save(model.state_dict(), path)")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes)", hint="copy best.pth again from its source")
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"could not read {path} as a state dict: {exc}",
-                              hint="diffret reads plain state dicts (weights_only=True); re-save with "
-                              "torch.save(model.state_dict(), path)") from exc
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} holds pickled Python objects, not only tensors, so it is not loaded "
+                              "(unpickling could run code)", hint=resave) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        detail = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"could not read {path} ({size} bytes) as a state dict: {detail}",
+                              hint="the file is damaged or cut short (copy it again), or not a torch.save file; "
+                              + resave) from exc
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{path} holds {type(sd).__name__ if sd is not None else 'nothing'}"
+                              f"{' (empty)' if isinstance(sd, dict) else ''}, not a state dict of tensors",
+                              hint=resave)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} entries are not tensors, e.g. {bad[:5]}",
+                              hint="pass the model's state dict (a best.pth of DiffusionRet's training script); "
+                              + resave)
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
@@ -147,8 +170,11 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, sourc
             f"{source} does not match the model: {len(missing)} missing keys {missing[:20]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:20]}",
             hint="the checkpoint was made for another architecture; check its config.json")
-    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(model.state_dict()[k].shape)]
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+           for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
-        raise CheckpointError(f"{source}: shape mismatch for {bad[:10]}",
-                              hint="the checkpoint was made for another architecture")
+        raise CheckpointError(f"{source}: {len(bad)} tensors have another shape, e.g. {'; '.join(bad[:5])}",
+                              hint="the checkpoint was made for another architecture (check its config.json; "
+                              "for `diffret convert`, --max-words / --max-frames)")
     model.load_state_dict(state, strict=True)

@@ -204,3 +204,28 @@ def test_recipes_that_would_train_nothing_or_the_wrong_thing_are_refused(overrid
         load_recipe("quickstart", [override])
     assert expect in str(e.value)
     load_recipe("quickstart", ["train.stages=[1]", "stage2.epochs=0"])  # stage 2 does not run: fine
+
+
+# ------------------------------------------------------------------ official checkpoints (convert)
+@pytest.mark.parametrize("content, expect", [
+    ("empty", "is empty (0 bytes)"),
+    ("truncated", "could not read"),
+    ("list", "holds list, not a state dict"),
+    ("non-tensors", "entries are not tensors"),
+    ("pickled", "holds pickled Python objects"),
+])
+def test_convert_names_the_file_and_what_is_wrong(tmp_path, capsys, content, expect):
+    best = tmp_path / "best.pth"
+    if content == "empty":
+        best.write_bytes(b"")
+    else:
+        obj = {"list": [torch.zeros(2)], "non-tensors": {"clip.a": torch.zeros(2), "epoch": "7"},
+               "truncated": {"clip.a": torch.zeros(1000)},
+               "pickled": {"clip.a": torch.zeros(2), "args": _Payload(str(tmp_path / "pwned"))}}[content]
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getvalue()
+        best.write_bytes(data[: len(data) // 2] if content == "truncated" else data)
+    code, err = _run(["convert", str(best), str(tmp_path / "out")], capsys)
+    assert code == 2 and expect in err and str(best) in err and "fix:" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
