@@ -263,5 +263,9 @@ def test_truncated_sampler_draws_the_query_path():
     assert gt_line.get_ydata()[-1] == pytest.approx(float(s.t2v[2, 2]), abs=1e-5)
     others = torch.cat([s.t2v[2, :2], s.t2v[2, 3:]])
     assert other_line.get_ydata()[-1] == pytest.approx(float(others.max()), abs=1e-5)
+    # its diagnostics (what evaluation saves for a DITS run): moves only, no shortlist
+    d = rerank_diagnostics(s.stage1, (s.t2v, s.v2t), s.caption_video, record=s.record)
+    assert d["t2v"]["ceiling"] is None and d["t2v"]["sample"] is None
+    assert sum(d["t2v"]["moves"][k] for k in ("up", "down", "same")) == 6
     with pytest.raises(ConfigError, match="text queries only"):
         diffusion_figure(s, query=0, direction="v2t", model=model)
