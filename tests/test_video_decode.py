@@ -198,9 +198,11 @@ def test_corrupted_mp4_with_decord_keeps_frames_before_the_damage():
     assert out.partial is True and out.backend == "decord"
     np.testing.assert_allclose(out.timestamps, [0.5, 1.5, 2.5], atol=1e-6)
     assert any("could not read 2 of 5" in w for w in out.warnings)
-    # the frames it did read equal PyAV's
+    # the frames it did read are PyAV's (each backend scales with its own FFmpeg build:
+    # within 1/255 on average, where neighbouring samples differ by more than 12)
     ref = decode_sampled(CORRUPTED, backend="pyav")
-    assert np.array_equal(out.frames, ref.frames[:3])
+    gap = np.abs(out.frames[:, None].astype(int) - ref.frames[None]).mean(axis=(2, 3, 4))
+    assert gap.argmin(axis=1).tolist() == [0, 1, 2] and gap.min(axis=1).max() < 1.0
 
 
 def _audio_only(path: Path, codec: str) -> Path:

@@ -254,6 +254,8 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                                                       "the first listing is used")))
     generated = is_generated(plugin)
     root.mkdir(parents=True, exist_ok=True)
+    entries = list(unique.values())
+    procs = 1 if workers == 1 or len(entries) <= 1 else min(workers, len(entries))
     with _lock(root), sigterm_as_interrupt():
         _sweep_temp(frames_dir(root))
         state = WorkerState(plugin, src, frames_dir(root), fps, short_side, int(quality), generated,
@@ -261,19 +263,18 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
                             owner_start=process_start_time(os.getpid()))
         results: dict[str, dict[str, Any]] = {}
         notes: list[str] = []
-        entries = list(unique.values())
         with PrepareProgress(f"prepare {name}", len(entries), enabled=progress) as bar:
             def on_result(r: dict[str, Any]) -> None:
                 results[r["video_id"]] = r
                 bar.advance(frames=r["written"])
 
-            if workers == 1 or len(entries) <= 1:
+            if procs == 1:
                 init_worker(state)
                 for e in entries:
                     on_result(process_video(e))
             else:
                 try:
-                    run_pool(entries, state, min(workers, len(entries)), on_result)
+                    run_pool(entries, state, procs, on_result)
                 except WorkersUnavailable as exc:
                     note = f"worker processes could not start ({exc}); decoded in this process instead"
                     notes.append(note)

@@ -34,8 +34,8 @@ import PIL
 
 from diffret_cli.data.video_backends import (decode_decord, decode_pyav, decord_module, probe_decord,
                                              probe_pyav)
-from diffret_cli.data.video_frames import (BackendFailure, BackendResult, DecodedVideo, SamplingPlan, VideoInfo,
-                                           thin_indices)
+from diffret_cli.data.video_frames import (SCALER, BackendFailure, BackendResult, DecodedVideo, SamplingPlan,
+                                           VideoInfo, thin_indices)
 from diffret_cli.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -77,7 +77,8 @@ def decoder_settings() -> dict[str, Any]:
         "sampling": "frame with pts nearest each t_k = start + (k + 0.5) / fps, t_k < clip end; "
                     "clips shorter than 1/fps give their middle frame; repeats dropped; "
                     "max_frames keeps round(linspace(0, n - 1, max_frames))",
-        "resize": "PIL bicubic, short side to short_side, aspect kept",
+        "resize": f"FFmpeg swscale {SCALER.lower()}, in the decoder from YUV, short side to "
+                  "short_side, aspect kept",
         "rotation": "display matrix applied (display orientation)",
         "colour": "FFmpeg swscale to rgb24",
         "backend_order": available_backends(),
@@ -154,7 +155,7 @@ def probe(path: str | os.PathLike, *, backend: str = "auto") -> VideoInfo:
 def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int | None = 224,
                    start: float | None = None, end: float | None = None,
                    max_frames: int | None = None, min_frames: int = 1,
-                   backend: str = "auto") -> DecodedVideo:
+                   backend: str = "auto", threads: int = 0) -> DecodedVideo:
     """Decode ``path`` at ``fps`` frames per second of real time.
 
     Sampling rule: the clip [``start``, ``end``) (default: the whole video, whose end is
@@ -167,13 +168,16 @@ def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int
     one nearest its middle. When more than ``max_frames`` frames were sampled,
     ``round(linspace(0, n - 1, max_frames))`` of them are kept (DiffusionRet's rule).
 
-    Frames are RGB uint8 in display orientation (rotation metadata applied), resized
-    bicubically so the short side equals ``short_side`` (None keeps the decoded size).
+    Frames are RGB uint8 in display orientation (rotation metadata applied), resized so
+    the short side equals ``short_side`` (None keeps the decoded size) by FFmpeg's
+    scaler inside the decoder, before the conversion to RGB.
 
     A stream that breaks part-way keeps the frames that decoded (``partial=True``, with
     a warning) if at least ``min_frames`` remain; otherwise, and for files that cannot be
     read at all, :class:`~diffret_cli.errors.DecodeError` names the file and the fix.
     ``backend``: "auto" (decord, then PyAV on any decord error), "decord" or "pyav".
+    ``threads``: decoder threads (0: FFmpeg's choice, one per core); ``data prepare``
+    gives each of its worker processes an equal share of the cores.
     """
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -183,6 +187,8 @@ def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames!r}")
     if min_frames < 1:
         raise ValueError(f"min_frames must be >= 1, got {min_frames!r}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: one per core), got {threads!r}")
     plan = SamplingPlan(start=max(0.0, float(start or 0.0)),
                  end=math.inf if end is None else float(end), fps=float(fps))
     if plan.end <= plan.start:
@@ -195,9 +201,9 @@ def decode_sampled(path: str | os.PathLike, *, fps: float = 1.0, short_side: int
     for name in order:
         try:
             if name == "decord":
-                result = decode_decord(p, plan, short_side, salvage=backend == "decord")
+                result = decode_decord(p, plan, short_side, salvage=backend == "decord", threads=threads)
             else:
-                result = decode_pyav(p, plan, short_side)
+                result = decode_pyav(p, plan, short_side, threads=threads)
             break
         except BackendFailure as exc:
             if backend == "decord":

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import av
 import numpy as np
 
-from diffret_cli.data.video_frames import (BackendFailure, BackendResult, FrameSelector, SamplingPlan, VideoInfo,
-                                           cw_rotation, display_size, grid_selector, middle_selector,
+from diffret_cli.data.video_frames import (SCALER, BackendFailure, BackendResult, FrameSelector, SamplingPlan,
+                                           VideoInfo, cw_rotation, display_size, grid_selector, middle_selector,
                                            output_size, resize_rgb)
 from diffret_cli.errors import DecodeError
 
@@ -35,8 +35,8 @@ _REORDER_WINDOW = 16
 _MAX_CONSECUTIVE_ERRORS = 32
 
 
-# Frames per decord get_batch call: bounds the full-resolution frames held at once
-# (8 x 1080p RGB = 50 MB); decord's own decoder buffers come on top.
+# Frames per decord get_batch call: bounds the frames held at once (8 x 1080p RGB =
+# 50 MB when decord cannot scale them itself); decord's own buffers come on top.
 _DECORD_CHUNK = 8
 
 
@@ -166,7 +166,7 @@ class _Pass:
 
 
 def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
-               make_selector: Callable[[Callable], FrameSelector]) -> _Pass:
+               make_selector: Callable[[Callable], FrameSelector], threads: int = 0) -> _Pass:
     """Decode ``path`` sequentially once, feeding frames to a selector.
 
     Packets are decoded one by one so that a damaged packet costs only the frames
@@ -177,15 +177,25 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
     try:
         header = _header(container, stream)
         stream.thread_type = "AUTO"  # frame + slice threads; output order is unchanged
+        stream.codec_context.thread_count = threads  # 0: FFmpeg's choice (one per core)
         tb = float(stream.time_base)
         origin = stream.start_time
         geometry: dict[str, Any] = {}
 
         def convert(frame) -> np.ndarray:
-            rgb = frame.to_ndarray(format="rgb24")
-            if geometry["rotation"]:
-                rgb = np.rot90(rgb, k=(4 - geometry["rotation"] // 90) % 4)
-            return resize_rgb(rgb, geometry["out"])
+            # Scaled from YUV straight to the output size in one swscale call (the
+            # colour conversion then runs on the small picture), then turned upright.
+            rot = geometry["rotation"]
+            w, h = geometry["out"]
+            if rot in (90, 270):
+                w, h = h, w  # the stored picture is the display one turned a quarter
+            if (frame.width, frame.height) == (w, h):
+                rgb = frame.to_ndarray(format="rgb24")
+            else:
+                rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation=SCALER).to_ndarray()
+            if rot:
+                rgb = np.ascontiguousarray(np.rot90(rgb, k=(4 - rot // 90) % 4))
+            return rgb
 
         selector = make_selector(convert)
         if plan.start > 0:
@@ -290,8 +300,8 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
         container.close()
 
 
-def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None) -> BackendResult:
-    run = _pyav_pass(path, plan, short_side, lambda conv: grid_selector(plan, conv))
+def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None, *, threads: int = 0) -> BackendResult:
+    run = _pyav_pass(path, plan, short_side, lambda conv: grid_selector(plan, conv), threads)
     if not run.geometry:
         raise DecodeError(f"no frame of {path} could be decoded"
                           + (f" ({'; '.join(run.warnings)})" if run.warnings else ""),
@@ -304,7 +314,7 @@ def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None) -> Backe
     if clip_end - plan.start < 1.0 / plan.fps:
         # shorter than one sampling window: its middle frame, from a second (short) pass
         run = _pyav_pass(path, plan, short_side,
-                         lambda conv: middle_selector(plan, clip_end, conv))
+                         lambda conv: middle_selector(plan, clip_end, conv), threads)
     geo, header = run.geometry, run.header
     whole = run.coverage_end is not None  # decoded to the end of the stream
     info = VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=geo["width"],
@@ -317,17 +327,27 @@ def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None) -> Backe
                    run.warnings)
 
 
-def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, salvage: bool) -> BackendResult:
+def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, salvage: bool,
+                  threads: int = 0) -> BackendResult:
     """Pick frames from decord's timestamp table, then read only those by index.
 
     ``salvage`` (decord chosen explicitly) reads frames one by one after a failed batch
     and keeps those that decode; under ``auto`` a failure goes to PyAV instead, which
     resumes after damaged packets.
+
+    decord scales unrotated video itself, from YUV, to the output size (its scale
+    filter, bilinear). A rotated one is read at full size instead, so that the frame
+    shape still shows whether decord turned it as PyAV says it should (a squeezed,
+    unturned picture of the right size would go unnoticed), and resized afterwards.
     """
     decord = decord_module()
     header, rotation = _pyav_header_and_rotation(path)  # DecodeError here is final: PyAV sees the same
+    w, h = display_size(header.width, header.height, rotation)
+    out = output_size(w, h, short_side)
+    scaled = rotation == 0 and out != (w, h)
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        size = {"width": out[0], "height": out[1]} if scaled else {}
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **size)
         n = len(vr)
         ts = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64) if n else None
         nominal = float(vr.get_avg_fps())
@@ -354,8 +374,6 @@ def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, sal
             break
     selector.finish(coverage_end)
 
-    w, h = display_size(header.width, header.height, rotation)
-    out = output_size(w, h, short_side)
     warnings: list[str] = []
     partial = False
     short = _shortfall(header, coverage_end, plan.end, n)
@@ -367,6 +385,11 @@ def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, sal
     kept: list[float] = []
 
     def check(frame: np.ndarray) -> np.ndarray:
+        if scaled:
+            if frame.shape[:2] != (out[1], out[0]):
+                raise BackendFailure(f"decord frame is {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"expected {out[0]}x{out[1]}")
+            return frame
         if frame.shape[:2] != (h, w):
             raise BackendFailure(f"decord frame is {frame.shape[1]}x{frame.shape[0]}, "
                                   f"expected {w}x{h} after rotation {rotation}")

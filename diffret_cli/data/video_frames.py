@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import av
 import numpy as np
-from PIL import Image
 
 
 # Timestamps closer than this count as equally near a target (the earlier frame wins):
@@ -90,12 +90,24 @@ def output_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return w, h
 
 
+#: FFmpeg swscale filter used for every resize. Bilinear because decord's scale filter
+#: (FFmpeg 4.1, which it bundles) has no other setting; PyAV is told the same, so both
+#: backends resize alike. swscale widens the filter when shrinking (no aliasing). Mean
+#: absolute difference to PIL bicubic on 320x240 and 640x360 H.264: 1.6 / 255, about
+#: what JPEG quality 90 itself changes (1.5); cost 0.6 ms a frame against PIL's 1.3-3.1.
+SCALER = "BILINEAR"
+
+
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize to ``size`` = (w, h), as CLIP preprocessing does it (PIL)."""
+    """Resize RGB ``rgb`` to ``size`` = (w, h) with FFmpeg's scaler (:data:`SCALER`).
+
+    For frames that arrive as RGB (rotated videos read by decord); PyAV frames and
+    unrotated decord frames are scaled from YUV inside the decoder instead.
+    """
     if (rgb.shape[1], rgb.shape[0]) == size:
         return np.ascontiguousarray(rgb)
-    img = Image.fromarray(np.ascontiguousarray(rgb))
-    return np.asarray(img.resize(size, Image.Resampling.BICUBIC))
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.reformat(width=size[0], height=size[1], interpolation=SCALER).to_ndarray()
 
 
 @dataclass(frozen=True)
