@@ -229,3 +229,43 @@ def test_convert_names_the_file_and_what_is_wrong(tmp_path, capsys, content, exp
     code, err = _run(["convert", str(best), str(tmp_path / "out")], capsys)
     assert code == 2 and expect in err and str(best) in err and "fix:" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------------------ flipped bits
+def _flip(path: Path, at: float = 0.75) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x10  # inside the tensor data, past the header
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_weights_is_caught_by_the_checksum(checkpoint, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    _flip(bad / MODEL_FILE)
+    with pytest.raises(CheckpointError, match="does not match the checksum") as e:
+        load_model(bad)
+    assert str(bad / MODEL_FILE) in e.value.message
+    # a checkpoint written before checksums were recorded still loads (unchecked)
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["checksums"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    load_model(old)
+
+
+def test_a_flipped_bit_in_the_resume_state_is_caught(tmp_path):
+    from diffret_cli.families import build_model
+    from diffret_cli.training.state import save_training_state
+
+    state = {"stage": 1, "epoch": 0, "batch": 2, "best": 0.0, "global_step": 2,
+             "optimizer": {"exp_avg": torch.randn(4096)}, "scheduler": {}, "rng": {"torch": torch.get_rng_state()}}
+    save_training_state(tmp_path, build_model(tiny_model_config(), load_pretrained=False), state)
+    assert load_training_state(tmp_path)["global_step"] == 2
+    _flip(last_dir(tmp_path) / STATE_FILE, at=0.5)
+    with pytest.raises(CheckpointError, match="does not match the checksum") as e:
+        load_training_state(tmp_path)
+    assert "--run-dir" in e.value.hint

@@ -190,7 +190,7 @@ def load_saved_recipe(run_dir: Path) -> dict:
 def start_model(recipe: dict, run_dir: Path, *, state: dict | None, stages: list[int], device: torch.device):
     """The model a run starts from: the resume point's weights, or the family's initial
     model (pretrained weights unless a finished earlier stage provides them). Reads only."""
-    from diffret_cli.checkpoint import MODEL_FILE, load_tensors
+    from diffret_cli.checkpoint import MODEL_FILE, load_tensors, read_config, verify_file
     from diffret_cli.convert import load_strict
 
     # a later stage on top of a finished earlier one starts from its best weights: no
@@ -202,7 +202,9 @@ def start_model(recipe: dict, run_dir: Path, *, state: dict | None, stages: list
         model.make_sampler(**({"sample_steps": steps} if steps is not None else {}))
     if state is not None:
         path = last_dir(run_dir) / MODEL_FILE
-        load_strict(model, load_tensors(path), source=str(path))
+        tensors = load_tensors(path)
+        verify_file(path, read_config(path.parent))
+        load_strict(model, tensors, source=str(path))
     return model.to(device)
 
 

@@ -10,6 +10,7 @@ runs no pickled code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import random
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffret_cli.checkpoint import save_model
+from diffret_cli.checkpoint import CONFIG_FILE, read_config, save_model, verify_file
 from diffret_cli.errors import CheckpointError
 from diffret_cli.fileio import atomic_write_bytes, replace_dir, temp_sibling
 
@@ -62,10 +63,11 @@ def save_training_state(run_dir: Path, model, state: dict) -> None:
     metrics = Path(run_dir) / METRICS_FILE
     state = {**state, "metrics_bytes": metrics.stat().st_size if metrics.is_file() else 0}
     try:
-        save_model(model, tmp)
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(tmp / STATE_FILE, buf.getvalue())
+        # config.json, written last, records both files' checksums
+        save_model(model, tmp, checksums={STATE_FILE: hashlib.sha256(buf.getvalue()).hexdigest()})
         replace_dir(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -87,6 +89,11 @@ def load_training_state(run_dir: Path) -> dict | None:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"cannot read the resume state {path}: the file is empty (0 bytes)", hint=hint)
+    if (path.parent / CONFIG_FILE).is_file():  # written last: a resume point saved whole
+        try:
+            verify_file(path, read_config(path.parent))
+        except CheckpointError as exc:
+            raise CheckpointError(exc.message, hint=hint) from exc
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused something that is not a tensor
