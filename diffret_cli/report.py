@@ -57,6 +57,10 @@ def _fmt(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
+def _pct(x: float | None) -> str:
+    return "\u2013" if x is None else f"{x:.1f}%"
+
+
 # ----------------------------------------------------------------------------- tables
 def read_evals(run_dir: Path) -> list[dict]:
     """Every saved evaluation of the run (``eval/*.json``), with its file name."""
@@ -119,13 +123,15 @@ def diagnostics_table(title: str, diag: dict) -> str:
     for d in ("t2v", "v2t"):
         if d not in diag:
             continue
-        m, c, s = diag[d]["moves"], diag[d]["ceiling"], diag[d].get("sample") or {}
+        # a family without a shortlist (DITS rescores the whole gallery) has moves only
+        m, c, s = diag[d]["moves"], diag[d].get("ceiling") or {}, diag[d].get("sample") or {}
         body.append(
             f"<tr><td class='l'>{d}</td><td>{m['queries']}</td><td>{m['up']}</td><td>{m['down']}</td>"
             f"<td>{m['same']}</td><td>{_fmt(m['ranks_up']['mean'], 2)} / {m['ranks_up']['max']}</td>"
             f"<td>{_fmt(m['ranks_down']['mean'], 2)} / {m['ranks_down']['max']}</td>"
-            f"<td>{_fmt(c['percent'])}% (K={c['k']})</td><td>{_fmt(s.get('sample_top1'))}%</td>"
-            f"<td>{_fmt(s.get('stage1_top1'))}%</td><td>{_fmt(s.get('chance_top1'))}%</td>"
+            f"<td>{_pct(c.get('percent'))}" + (f" (K={c['k']})" if c else "") + "</td>"
+            f"<td>{_pct(s.get('sample_top1'))}</td><td>{_pct(s.get('stage1_top1'))}</td>"
+            f"<td>{_pct(s.get('chance_top1'))}</td>"
             f"<td>{_fmt(s.get('sample_mean_rank'), 2)} / {_fmt(s.get('stage1_mean_rank'), 2)} / "
             f"{_fmt(s.get('chance_mean_rank'), 2)}</td></tr>")
     return f"<h3>{_e(title)}</h3><table>{head}{''.join(body)}</table>"

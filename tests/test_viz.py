@@ -198,7 +198,8 @@ def test_moves_figure_adds_up_to_the_queries(scored):
         assert m["up"] + m["down"] + m["same"] == m["queries"] == queries
         (ax,) = _axes(fig, f"moves:{direction}")
         assert sum(p.get_height() for p in ax.patches) == queries
-        assert d[direction]["ceiling"]["k"] == 4 and d[direction]["sample"]["queries"] == d[direction]["ceiling"]["in_topk"]
+        ceiling, sample = d[direction]["ceiling"], d[direction]["sample"]
+        assert ceiling["k"] == 4 and sample["queries"] == ceiling["in_topk"]
 
 
 def test_curves_plot_every_logged_step(run):
@@ -213,7 +214,8 @@ def test_curves_plot_every_logged_step(run):
         assert list(line.get_ydata()) == [r["loss"] for r in records if r.get("stage") == stage and "loss" in r]
         assert len(line.get_ydata()) > 0
         vline = next(li for li in val.get_lines() if li.get_label() == f"stage {stage}")
-        assert list(vline.get_ydata()) == [r["val_score"] for r in records if r.get("stage") == stage and "val_score" in r]
+        scores = [r["val_score"] for r in records if r.get("stage") == stage and "val_score" in r]
+        assert list(vline.get_ydata()) == scores
 
 
 @pytest.mark.slow  # five CLI runs, each loading the run and scoring its test split
