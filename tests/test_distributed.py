@@ -1,36 +1,19 @@
 """Data-parallel training on CPU (gloo): two processes give the single-process loss and
-gradients of the same global batch, and only rank 0 writes a run directory."""
+gradients of the same global batch, only rank 0 writes a run directory, and the stage-2
+feature cache built by two ranks is the one a single process builds, with a memory peak
+that does not grow with the dataset."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
-from train_helpers import REPO, prepare_synthetic, tiny_recipe
-
-TESTS = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(args: list[str], *, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+from launch_helpers import TESTS, torchrun as _torchrun
+from train_helpers import prepare_synthetic, tiny_recipe
 
 
 def test_two_ranks_match_single_process(tmp_path):
@@ -104,3 +87,89 @@ def test_torchrun_stage2_on_the_stage1_run(tmp_path):
     assert len(val2) == 1 and set(val2[0]["val"]) == {"stage1", "diffusion"}
     assert (run_dir / "features" / "train.safetensors").is_file()
     assert (run_dir / "checkpoints" / "stage2" / "best" / "model.safetensors").is_file()
+
+
+def test_two_ranks_build_the_single_process_feature_cache(tmp_path):
+    """Stage-2 extraction split across 2 ranks (each encodes half the captions and half
+    the videos, writing its rows in place) gives the file one process writes, tensor for
+    tensor and header for header; the file is an ordinary safetensors file."""
+    from safetensors import safe_open
+
+    from ddp_worker import build_cache
+    from diffret_cli.distributed import DistInfo
+
+    data_root = prepare_synthetic(tmp_path / "data")  # 16 training videos x 4 captions
+    _torchrun([str(TESTS / "ddp_worker.py"), "cache", str(data_root), str(tmp_path / "ddp")], cwd=tmp_path)
+    single = build_cache(data_root, tmp_path / "single", DistInfo())
+    ddp_file = tmp_path / "ddp" / "features" / "train.safetensors"
+    with safe_open(str(ddp_file), "pt") as a, safe_open(str(single.path), "pt") as b:
+        assert a.metadata() == b.metadata() and a.metadata()["captions"] == "64"
+        assert sorted(a.keys()) == sorted(b.keys()) == ["caption_video", "text_cls", "text_mask", "text_tokens",
+                                                         "video_frames", "video_mask"]
+        for k in a.keys():
+            x, y = a.get_tensor(k), b.get_tensor(k)
+            assert x.dtype == y.dtype and torch.equal(x, y), k
+        assert a.get_tensor("text_tokens").dtype == torch.float16  # stored in the cache dtype
+        assert a.get_tensor("text_tokens").abs().sum() > 0 and bool(a.get_tensor("text_mask").any())
+    # the memory-mapped view reads what safetensors reads
+    assert torch.equal(single.text.tokens, load_file(str(single.path))["text_tokens"])
+    event = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert event["event"] == "feature_cache" and event["built"] and event["world_size"] == 2
+    assert (event["rank0"]["captions"], event["rank0"]["videos"]) == (32, 8)  # rank 0 encoded its half
+    assert not list((tmp_path / "ddp" / "features").glob(".tmp-*"))
+
+
+def test_feature_cache_is_reused_only_for_the_same_weights_and_data(tmp_path):
+    from ddp_worker import build_cache, cache_context
+    from diffret_cli.distributed import DistInfo
+    from diffret_cli.model.diffusionret import DiffusionRet
+    from diffret_cli.training.feature_cache import train_features
+    from train_helpers import tiny_recipe
+
+    data_root = prepare_synthetic(tmp_path / "data")
+    run = tmp_path / "run"
+    first = build_cache(data_root, run, DistInfo())
+    stamp = first.path.stat().st_mtime_ns
+    again = build_cache(data_root, run, DistInfo())  # same seed, same weights: reused
+    assert again.path.stat().st_mtime_ns == stamp
+    torch.manual_seed(0)
+    recipe = tiny_recipe()
+    model = DiffusionRet(recipe["model"], load_pretrained=False)
+    with torch.no_grad():
+        model.denoiser_t2v.decoder[0].weight.add_(1.0)  # stage 2 trains these: no effect on features
+    ctx = cache_context(data_root, run, DistInfo(), recipe)
+    assert train_features(ctx, model).path.stat().st_mtime_ns == stamp
+    with torch.no_grad():
+        model.temporal.parameters().__next__().add_(0.01)  # a different stage 1: rebuilt
+    rebuilt = train_features(ctx, model)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["built"] for e in events] == [True, False, False, True]
+    assert events[-1]["reason"] == "changed: stage-1 weights"
+    assert not torch.equal(rebuilt.video.frames, first.video.frames)
+    assert torch.equal(rebuilt.text.tokens, first.text.tokens)  # the text tower did not change
+
+
+@pytest.mark.slow
+def test_extraction_peak_does_not_grow_with_the_number_of_captions(tmp_path):
+    """Extraction writes each batch to disk in the cache dtype, so its peak memory is one
+    batch, not the dataset: 5x the captions (4,000 -> 20,000, 128-dim token features:
+    +131 MB of float16 cache, +262 MB of float32 features) raise the peak of a fresh
+    process by less than a tenth of the cache's growth (the captions' text itself is all
+    that grows). Holding the features, as extraction did before, raises it by more than
+    the whole float32 growth."""
+    from launch_helpers import run_python
+    from rehearsal_data import write_dataset
+
+    peaks = {}
+    for per_video in (40, 200):
+        root = write_dataset(tmp_path / f"data{per_video}", "peak", {"train": (100, per_video)}, num_frames=4,
+                             workers=1)
+        out = tmp_path / f"peak{per_video}.json"
+        run_python([str(TESTS / "ddp_worker.py"), "peak", str(root), str(tmp_path / f"run{per_video}"), str(out)],
+                   cwd=tmp_path, timeout=600)
+        peaks[per_video] = json.loads(out.read_text())["peak_over_start_mb"]
+    cache_growth_mb = (200 - 40) * 100 * (32 * 128 * 2 + 128 * 2 + 32 + 8) / 2**20
+    growth = peaks[200] - peaks[40]
+    print(f"\nextraction peak over start: {peaks[40]:.1f} MB (4,000 captions), {peaks[200]:.1f} MB (20,000); "
+          f"float16 cache growth {cache_growth_mb:.1f} MB")
+    assert growth < cache_growth_mb / 10, (peaks, cache_growth_mb)

@@ -36,12 +36,105 @@ def test_hard_negatives_put_the_positive_first_and_skip_the_same_video():
     same = torch.zeros(4, 4, dtype=torch.bool)
     same[0, 1] = same[1, 0] = True  # captions 0 and 1 describe the same video
     cand = hard_negative_candidates(sim, 3, same)
-    assert cand[:, 0].tolist() == [0, 1, 2, 3]
-    assert cand[0].tolist() == [0, 2, 3]  # 1 is the same video: never a negative
-    assert cand[1].tolist() == [1, 2, 3]
-    assert cand[2].tolist() == [2, 0, 1]
+    assert cand.index[:, 0].tolist() == [0, 1, 2, 3]
+    assert cand.index[0].tolist() == [0, 2, 3]  # 1 is the same video: never a negative
+    assert cand.index[1].tolist() == [1, 2, 3]
+    assert cand.index[2].tolist() == [2, 0, 1]
+    assert bool(cand.valid.all())  # every row has 2 real negatives
     with pytest.raises(ValueError, match="global batch"):
         hard_negative_candidates(sim, 5)
+    with pytest.raises(ValueError, match="exclusive, official"):
+        hard_negative_candidates(sim, 3, same, mode="paper")
+
+
+def _msrvtt_batches(n: int) -> list[torch.Tensor]:
+    """Video ids of the first ``n`` stage-2 global batches (128) of MSRVTT's 9k training
+    list: 9,000 videos x 20 captions, caption i showing video i // 20, in the trainer's
+    seeded order."""
+    from diffret_cli.distributed import DistInfo
+    from diffret_cli.training.batches import epoch_batches
+
+    order = epoch_batches(180_000, 128, seed=42, stage=2, epoch=0, dist=DistInfo())[:n]
+    return [torch.tensor(b) // 20 for b in order]
+
+
+def test_msrvtt_batches_hold_same_video_pairs_and_exclusive_never_returns_them():
+    """K = global batch = 128 (the paper's setting): a row whose video appears twice in
+    the batch has fewer than 127 real negatives. The official choice then hands back the
+    positive or its twin labelled as a negative; the exclusive one never does and pads
+    the row with masked slots instead (one per missing negative)."""
+    batches = _msrvtt_batches(20)
+    with_twins = [v for v in batches if len(set(v.tolist())) < 128]
+    assert 5 <= len(with_twins) <= 15  # about half of MSRVTT's batches (1 - exp(-128*127/2/9474))
+    g = torch.Generator().manual_seed(0)
+    for vids in batches:
+        sim = torch.rand(128, 128, generator=g)
+        same = vids[:, None] == vids[None, :]
+        twins = same.sum(1) - 1  # other items of the batch showing the row's video
+        ex = hard_negative_candidates(sim, 128, same)
+        cand_vid = vids[ex.index]
+        rows = torch.arange(128)
+        assert torch.equal(ex.index[:, 0], rows)
+        negatives_ok = cand_vid[:, 1:] != vids[:, None]
+        assert bool(negatives_ok[ex.valid[:, 1:]].all())  # no valid slot shows the query's video
+        assert torch.equal((~ex.valid).sum(1), twins)  # exactly the missing negatives are masked
+        # the masked slots repeat the row's hardest real negative, never its own video
+        assert bool((cand_vid[:, 1:] != vids[:, None]).all())
+        # the valid negatives are the hardest real ones, hardest first
+        for r in torch.nonzero(twins).flatten().tolist():
+            real = sim[r].masked_fill(same[r], float("-inf"))
+            k = 127 - int(twins[r])
+            assert ex.index[r, 1:k + 1].tolist() == real.topk(k).indices.tolist()
+        off = hard_negative_candidates(sim, 128, same, mode="official")
+        assert bool(off.valid.all())
+        off_same = (vids[off.index[:, 1:]] == vids[:, None]).sum(1)
+        assert torch.equal(off_same, twins)  # the official defect: one same-video "negative" per missing one
+
+
+def test_exclusive_rows_with_many_twins_and_with_none():
+    vids = torch.arange(128) // 16  # 8 videos x 16 captions: 15 twins a row
+    same = vids[:, None] == vids[None, :]
+    sim = torch.rand(128, 128, generator=torch.Generator().manual_seed(1))
+    ex = hard_negative_candidates(sim, 128, same)
+    assert ex.valid.sum(1).tolist() == [1 + 112] * 128
+    assert bool((vids[ex.index[:, 1:]] != vids[:, None]).all())
+    one = torch.zeros(4, dtype=torch.long)  # one video only: no real negative anywhere
+    ex = hard_negative_candidates(torch.rand(4, 4), 3, one[:, None] == one[None, :])
+    assert ex.valid.tolist() == [[True, False, False]] * 4
+    assert torch.equal(ex.index, torch.arange(4)[:, None].expand(4, 3))  # padded with the positive, masked
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_masked_candidates_take_no_part_in_the_loss(kind):
+    """A masked slot contributes nothing: the loss equals the loss over the valid slots
+    alone, and neither its value nor its gradient depends on the masked slot's output."""
+    g = torch.Generator().manual_seed(0)
+    x0_hat = torch.randn(3, 5, generator=g, requires_grad=True)
+    x0 = torch.zeros(3, 5)
+    x0[:, 0] = 1
+    valid = torch.tensor([[True, True, True, False, False],
+                          [True, True, True, True, True],
+                          [True, False, True, True, False]])
+    loss = generation_loss_from_output(x0_hat, x0, kind=kind, temp=1.0, candidate_mask=valid)
+    per_row = [generation_loss_from_output(x0_hat[i:i + 1, valid[i]], x0[i:i + 1, valid[i]], kind=kind, temp=1.0)
+               for i in range(3)]
+    assert loss.item() == pytest.approx(sum(r.item() for r in per_row) / 3, rel=1e-6)
+    loss.backward()
+    assert bool((x0_hat.grad[~valid] == 0).all()) and bool((x0_hat.grad[valid] != 0).all())
+    moved = x0_hat.detach().clone()
+    moved[~valid] += 7.0
+    again = generation_loss_from_output(moved, x0, kind=kind, temp=1.0, candidate_mask=valid)
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="slot 0"):
+        generation_loss_from_output(x0_hat, x0, kind=kind, candidate_mask=~valid)
+
+
+def test_hard_negative_modes_match_the_recipe_schema():
+    from diffret_cli.losses import HARD_NEGATIVE_MODES
+    from diffret_cli.recipe_schema import DEFAULTS, HARD_NEGATIVE_MODES as SCHEMA_MODES
+
+    assert SCHEMA_MODES == HARD_NEGATIVE_MODES
+    assert DEFAULTS["stage2"]["hard_negatives"] == HARD_NEGATIVE_MODES[0] == "exclusive"
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm"])
