@@ -257,10 +257,15 @@ def load_run_recipe(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return yaml.safe_load(path.read_text())
+        recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}",
                           hint="restore the run's recipe.yaml (recipe-history/ holds earlier ones)") from exc
+    if not isinstance(recipe, dict):  # e.g. emptied: not the same as a checkpoint without a run
+        raise ConfigError(f"{path} holds no recipe",
+                          hint="restore the run's recipe.yaml (recipe-history/ holds earlier ones), or evaluate "
+                          "its checkpoint folder: `diffret eval RUN/checkpoints/best --dataset NAME`")
+    return recipe
 
 
 def evaluate_run(run_dir: Path, *, settings: EvalSettings | None = None, targets: list[EvalTarget] | None = None,

@@ -269,3 +269,19 @@ def test_a_flipped_bit_in_the_resume_state_is_caught(tmp_path):
     with pytest.raises(CheckpointError, match="does not match the checksum") as e:
         load_training_state(tmp_path)
     assert "--run-dir" in e.value.hint
+
+
+def test_an_emptied_run_recipe_is_named_not_taken_for_a_bare_checkpoint(tmp_path):
+    from diffret_cli.evaluation import load_run_recipe
+
+    (tmp_path / "recipe.yaml").write_text("")
+    with pytest.raises(ConfigError, match="recipe.yaml holds no recipe"):
+        load_run_recipe(tmp_path)
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
+    from diffret_cli.training import check_run_dir
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_run_dir(tmp_path / "afile")

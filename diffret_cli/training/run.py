@@ -41,6 +41,9 @@ def new_run_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
 
 def check_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a folder",
+                          hint="pass a folder (new, or the run to resume), e.g. --run-dir runs/NAME")
     if run_dir.resolve() == Path.cwd().resolve():
         raise ConfigError("the run directory cannot be the working directory itself",
                           hint="pass --run-dir runs/NAME (or leave it out for a fresh timestamped one)")
