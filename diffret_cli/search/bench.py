@@ -179,6 +179,48 @@ def agreement(model, text, frames: torch.Tensor, lengths: torch.Tensor) -> dict[
             "spearman": round(float(rho.mean()), 4)}
 
 
+def default_checkpoint(base: Path = Path("runs")) -> Path:
+    """The newest run under ``base`` trained on ``synthetic`` (the quickstart)."""
+    import yaml
+
+    runs = []
+    for recipe in base.glob("*/recipe.yaml"):
+        try:
+            r = yaml.safe_load(recipe.read_text())
+        except yaml.YAMLError:
+            continue
+        if (r or {}).get("dataset", {}).get("name") == "synthetic" and (recipe.parent / "checkpoints").is_dir():
+            runs.append(recipe.parent)
+    if not runs:
+        raise ConfigError(f"the search bench draws its gallery around a trained model's features, and no run "
+                          f"trained on `synthetic` is under {base}/",
+                          hint="train the quickstart (`diffret train --recipe quickstart`, a few minutes on a CPU) "
+                               "or pass its run directory with --checkpoint")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    """The headline figures of a :func:`bench_search` result, one per line."""
+    q, b, r, m = res["query"], res["build"], res["recall"], res["bytes_per_video"]
+    fs = b["first_stage"]
+    lines = [f"gallery               {res['gallery']:,} videos ({fs['kind']}"
+             + (f", nlist {fs['nlist']}, nprobe {q['settings']['nprobe']}" if fs["kind"] == "ivf" else "") + ")",
+             f"build                 {b['seconds']:.1f} s (features {b.get('features_s', 0):.1f} s, "
+             f"first stage {b.get('first_stage_s', 0):.1f} s)",
+             f"query latency         p50 {q['p50_ms']:.1f} ms, p95 {q['p95_ms']:.1f} ms ({q['queries']} queries, "
+             f"{res['threads']} threads, {res['device']})",
+             "  stages p50          " + ", ".join(f"{k} {v:.1f}" for k, v in q["stages_p50_ms"].items()),
+             f"recall of exhaustive  top 10: {r['top10']:.4f} ({r['queries']} queries)",
+             f"bytes per video       disk {m['disk']:.0f}, memory (first stage) {m['memory_first_stage']:.0f}, "
+             f"read per query {m['read_per_query_bytes'] / 1e6:.1f} MB",
+             f"load average          {res['machine_before']['load_avg_1_5_15']} -> "
+             f"{res['machine_after']['load_avg_1_5_15']} on {res['machine_before']['cpus']} CPUs"]
+    if "query_cold_cache" in res:
+        c = res["query_cold_cache"]
+        lines.insert(4, f"  cold page cache     p50 {c['p50_ms']:.1f} ms, p95 {c['p95_ms']:.1f} ms")
+    return lines
+
+
 def _drop_page_cache(root: Path) -> bool:
     """Ask the kernel to drop the cached pages of the index's feature files (needs no
     privileges; pages still mapped by a process stay)."""
@@ -211,10 +253,7 @@ def bench_search(*, gallery: int, device: str = "cpu", checkpoint: str | Path | 
     log = log or (lambda s: None)
     if gallery < 1:
         raise ConfigError(f"--gallery must be at least 1, got {gallery}", hint="e.g. --gallery 100000")
-    if checkpoint is None:
-        raise ConfigError("the search bench draws its gallery around a trained model's features and needs one",
-                          hint="train the quickstart (`diffret train --recipe quickstart`) and pass its run "
-                               "directory with --checkpoint")
+    checkpoint = checkpoint or default_checkpoint()
     if threads:
         torch.set_num_threads(threads)
         import faiss
