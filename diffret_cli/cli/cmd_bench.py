@@ -135,3 +135,32 @@ def encode(batch: int, model: str | None, precision: str | None, steps: int, dev
     _emit(res, as_json, [("model", f"{res['model']} ({res['parameters_m']} M parameters, {res['image_size']} px)"),
                          ("precision", res["precision"]), ("frames/s", f"{res['frames_per_s']:.1f}"),
                          ("TFLOP/s", f"{res['tflops']:.3f} ({res['gflops_per_frame']} GFLOP/frame)")])
+
+
+@bench.command("search", epilog="\b\nExamples:\n  diffret bench search --gallery 100000 --checkpoint runs/quickstart\n"
+               "  diffret bench search --gallery 1000000 --workdir /data/b1m --reuse --json")
+@click.option("--gallery", type=click.IntRange(1, None), default=100_000, show_default=True,
+              help="Videos in the index (synthetic features shaped like a trained model's).")
+@click.option("--checkpoint", default=None,
+              help="A model trained on `synthetic` (default: the newest such run under ./runs).")
+@click.option("--workdir", default=None, help="Keep the index here (default: a temp folder, deleted).")
+@click.option("--reuse", is_flag=True, help="Measure the index already in --workdir.")
+@click.option("--queries", type=click.IntRange(1, None), default=200, show_default=True)
+@click.option("--recall-queries", type=click.IntRange(1, None), default=100, show_default=True)
+@click.option("--shortlist", type=click.IntRange(1, None), default=None, help="First-stage shortlist (default 1000).")
+@click.option("--first-stage", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True)
+@click.option("--nprobe", type=click.IntRange(1, None), default=None)
+@_DEVICE
+@click.option("--threads", type=click.IntRange(1, None), default=2, show_default=True)
+@_JSON
+def search(gallery: int, checkpoint: str | None, workdir: str | None, reuse: bool, queries: int, recall_queries: int,
+           shortlist: int | None, first_stage: str, nprobe: int | None, device: str, threads: int,
+           as_json: bool) -> None:
+    """Search at scale: build time, p50/p95 query latency end to end, recall of the
+    exhaustive top 10, bytes per video on disk and in memory."""
+    from diffret_cli.search.bench import bench_search, summary_lines
+
+    res = bench_search(gallery=gallery, device=device, checkpoint=checkpoint, workdir=workdir, reuse=reuse,
+                       queries=queries, recall_queries=recall_queries, shortlist=shortlist, first_stage=first_stage,
+                       nprobe=nprobe, threads=threads, log=lambda s: click.echo(s, err=True))
+    click.echo(json.dumps(res) if as_json else "\n".join(summary_lines(res)))
