@@ -129,6 +129,32 @@ def test_masked_candidates_take_no_part_in_the_loss(kind):
         generation_loss_from_output(x0_hat, x0, kind=kind, candidate_mask=~valid)
 
 
+def test_the_stage2_step_honours_stage2_hard_negatives():
+    """``stage2.hard_negatives`` reaches the training step: on a batch of 8 captions of 2
+    videos with K = 8, exclusive masks the 3 missing negatives of every row (24 slots)
+    and official masks none, and the two losses differ."""
+    from diffret_cli.distributed import DistInfo
+    from diffret_cli.model.diffusionret import DiffusionRet
+    from diffret_cli.training.generation import GenerationStep
+    from train_helpers import tiny_model_config
+
+    torch.manual_seed(0)
+    model = DiffusionRet(tiny_model_config(), load_pretrained=False)
+    g = torch.Generator().manual_seed(3)
+    d, words, frames = model.encoder.embed_dim, model.config["max_words"], model.config["max_frames"]
+    batch = {"tokens": torch.randn(8, words, d, generator=g), "cls": torch.randn(8, d, generator=g),
+             "text_mask": torch.ones(8, words, dtype=torch.long), "frames": torch.randn(8, frames, d, generator=g),
+             "frame_mask": torch.ones(8, frames, dtype=torch.long), "video_ids": torch.arange(8) // 4}
+    cfg = {"num_candidates": 8, "loss": "kl", "loss_temp": 100.0, "negative_value": 0.0}
+    out = {}
+    for mode in ("exclusive", "official"):
+        step = GenerationStep(model, {**cfg, "hard_negatives": mode}, DistInfo())
+        loss, extras = step(batch, torch.Generator().manual_seed(0))
+        out[mode] = (loss.item(), extras["masked_candidates"].item())
+    assert out["exclusive"][1] == 24 and out["official"][1] == 0
+    assert out["exclusive"][0] != pytest.approx(out["official"][0])
+
+
 def test_hard_negative_modes_match_the_recipe_schema():
     from diffret_cli.losses import HARD_NEGATIVE_MODES
     from diffret_cli.recipe_schema import DEFAULTS, HARD_NEGATIVE_MODES as SCHEMA_MODES
