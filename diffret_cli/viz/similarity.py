@@ -56,10 +56,11 @@ def draw_similarity(panels: list[dict], *, bins: int = 40):
             pos, neg = (np.asarray(x, dtype=np.float64) for x in p[row])
             edges = np.histogram_bin_edges(np.concatenate([pos, neg]), bins=bins)
             # weights 1/n: each kind's bars sum to 1 (fraction of its pairs)
-            ax.hist(neg, bins=edges, weights=np.full(neg.size, 1.0 / neg.size), color=NEG_COLOR, alpha=0.55,
-                    label=f"negative (n={neg.size})")
-            ax.hist(pos, bins=edges, weights=np.full(pos.size, 1.0 / pos.size), color=GT_COLOR, alpha=0.65,
-                    label=f"positive (n={pos.size})")
+            hn, _, _ = ax.hist(neg, bins=edges, weights=np.full(neg.size, 1.0 / neg.size), color=NEG_COLOR,
+                               alpha=0.55, label=f"negative (n={neg.size})")
+            hp, _, _ = ax.hist(pos, bins=edges, weights=np.full(pos.size, 1.0 / pos.size), color=GT_COLOR,
+                               alpha=0.65, label=f"positive (n={pos.size})")
+            ax.set_ylim(0, 1.35 * max(hn.max(), hp.max()))  # headroom for the legend
             ax.set_title(f"{p['title']}: {row}\nAUC {pair_auc(pos, neg):.3f}, mean gap "
                          f"{pos.mean() - neg.mean():.3f}", fontsize=8)
             ax.tick_params(labelsize=7)
