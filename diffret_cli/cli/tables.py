@@ -32,6 +32,8 @@ def print_result(res: dict) -> None:
                 m = r[direction]
                 table.add_row(row, direction, *[f"{m[c]:.1f}" for c in METRIC_COLUMNS])
     Console().print(table)
+    if res.get("diagnostics"):
+        print_diagnostics(res["diagnostics"])
     tied = {row: r["t2v"].get("tied", 0) for row, r in res["rows"].items()}
     if any(tied.values()):
         err.print("[yellow]note[/yellow]: text-to-video queries whose ground truth ties another video's exact "
@@ -72,3 +74,29 @@ def print_sweep(key: str, sweep: list[tuple[object, list[dict]]]) -> None:
             r = rows[name]
             table.add_row(str(value), name, *[f"{r[d][c]:.1f}" for d in ("t2v", "v2t") for c in cols])
         Console().print(table)
+
+
+def print_diagnostics(diag: dict) -> None:
+    """Does re-ranking earn its cost: queries moved up / down / left alone, how often the
+    ground truth was among the K at all, and the top-1 of the generated sample alone over
+    the K against stage 1's order and chance (``diffret_cli.diagnostics``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ks = {d["ceiling"]["k"] for d in diag.values() if isinstance(d, dict) and d.get("ceiling")}
+    title = "re-ranking diagnostics" + (f" (K = {'/'.join(map(str, sorted(ks)))})" if ks else "")
+    table = Table(title=title, caption="GT in K: ground truth among the K candidates; top-1 over the K "
+                  "by the sample x0 alone, by stage 1, by chance")
+    for c in ("direction", "up", "down", "same", "GT in K", "x0 top-1", "S top-1", "chance"):
+        table.add_column(c, justify="right" if c != "direction" else "left")
+
+    def pct(x) -> str:
+        return "-" if x is None else f"{x:.1f}%"
+    for direction, d in diag.items():
+        if not isinstance(d, dict) or "moves" not in d:
+            continue
+        m, ceil, smp = d["moves"], d.get("ceiling") or {}, d.get("sample") or {}
+        table.add_row(direction, str(m["up"]), str(m["down"]), str(m["same"]),
+                      pct(ceil.get("percent")), pct(smp.get("sample_top1")),
+                      pct(smp.get("stage1_top1")), pct(smp.get("chance_top1")))
+    Console().print(table)
