@@ -35,13 +35,14 @@ NoiseFn = Callable[[str, int, tuple[int, ...]], torch.Tensor]
 class GalleryDenoiser(Protocol):
     """Optional denoiser capability: sampling from indices into the whole gallery.
 
-    ``prepare_gallery(text [N,D], video [M,T,D], video_mask [M,T], *, timesteps)`` once
-    per gallery and direction; ``prepare_chunk(gallery, query_index [B], cand_index [B,K])``
+    ``prepare_gallery(text [N,D], video [M,T,D], video_mask [M,T], *, timesteps, pairs)``
+    once per gallery and direction (``pairs``: the number of (query, candidate) pairs
+    that will follow, so it can choose between per-item and per-pair work); ``prepare_chunk(gallery, query_index [B], cand_index [B,K])``
     per chunk (query rows index texts for "t2v", videos for "v2t"); its context goes to
     ``step`` and must give what ``step(prepare(gathered features))`` gives."""
 
     def prepare_gallery(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor, *,
-                        timesteps: list[int]) -> Any: ...
+                        timesteps: list[int], pairs: int | None = None) -> Any: ...
 
     def prepare_chunk(self, gallery: Any, query_index: torch.Tensor, cand_index: torch.Tensor) -> DenoiserContext: ...
 
@@ -65,7 +66,8 @@ def rerank_direction(scores: torch.Tensor, *, direction: str, denoiser: Denoiser
     out = scores.clone()
     gallery = None
     if isinstance(denoiser, GalleryDenoiser):
-        gallery = denoiser.prepare_gallery(text_cls, video_frames, video_mask, timesteps=sampler.timesteps())
+        gallery = denoiser.prepare_gallery(text_cls, video_frames, video_mask, timesteps=sampler.timesteps(),
+                                           pairs=q * k)
     for chunk_index, start in enumerate(range(0, q, chunk_size)):
         rows = torch.arange(start, min(start + chunk_size, q), device=scores.device)
         base, cand = scores[rows].topk(k, dim=1, sorted=True)  # noise column j <-> j-th best candidate

@@ -62,9 +62,10 @@ def close(a, b, rel: float) -> None:
 
 
 # ------------------------------------------------------------------ folded sampling
+@pytest.mark.parametrize("pairs", [None, 1000])  # t2v: per-pair projections, or each frame projected once
 @pytest.mark.parametrize("kw", VARIANTS)
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
-def test_folded_step_equals_explicit_step_at_every_step(direction, kw):
+def test_folded_step_equals_explicit_step_at_every_step(direction, kw, pairs):
     den = denoiser(direction, **kw)
     text, video, mask = gallery_features(7, 9)
     nq = 7 if direction == "t2v" else 9
@@ -74,7 +75,9 @@ def test_folded_step_equals_explicit_step_at_every_step(direction, kw):
     x = torch.randn(4, 6, generator=g, dtype=torch.float64)
     with torch.no_grad():
         ctx = den.prepare(*gathered(direction, text, video, mask, qi, ci))
-        folded = den.prepare_chunk(den.prepare_gallery(text, video, mask, timesteps=[49, 30, 0]), qi, ci)
+        gallery = den.prepare_gallery(text, video, mask, timesteps=[49, 30, 0], pairs=pairs)
+        assert ("frames_proj" in gallery.tables) == (direction == "t2v" and pairs is not None)
+        folded = den.prepare_chunk(gallery, qi, ci)
         for step in (0, 1, 17, 49):  # every row of the table, not only the sampler's steps
             t = torch.full((4,), step)
             close(den.step(x, t, folded), den.step(x, t, ctx), 1e-12)

@@ -126,11 +126,13 @@ class _QueryCandidateDenoiser(Denoiser):
 
     # --------------------------------------------------------------- the fast paths
     def prepare_gallery(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor, *,
-                        timesteps: list[int]) -> sampling.Gallery:
+                        timesteps: list[int], pairs: int | None = None) -> sampling.Gallery:
         """Sampling, once per gallery: the step tables for ``timesteps`` (the model-facing
         step indices the sampler will pass) and what depends on single gallery items.
-        ``text`` [N,D] cls features, ``video`` [M,T,D] frames, ``video_mask`` [M,T]."""
-        return sampling.prepare_gallery(self, text, video, video_mask, timesteps=timesteps)
+        ``text`` [N,D] cls features, ``video`` [M,T,D] frames, ``video_mask`` [M,T].
+        ``pairs``: how many (query, candidate) pairs will be prepared from it, if known;
+        with more pairs than frames, t2v projects each frame once instead of each pair."""
+        return sampling.prepare_gallery(self, text, video, video_mask, timesteps=timesteps, pairs=pairs)
 
     def prepare_chunk(self, gallery: sampling.Gallery, query_index: torch.Tensor,
                       cand_index: torch.Tensor) -> DenoiserContext:

@@ -12,7 +12,8 @@ for v2t -- and w = softmax_K(logits + x_t)):
   sum to 1), and so is the decoder's first layer on it, W1_h h. With M = W1_h Wp Wv,
   W1_h h = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp): ``mv`` [B,K,2D] once per chunk and
   ``u_table`` [S,2D] once per gallery;
-- the decoder's candidate half, W1_c p_k + b1, is step-invariant: ``dec`` [B,K,2D].
+- the decoder's candidate half, W1_c p_k, is step-invariant: ``dec`` [B,K,2D] (its bias
+  b1 joins ``u_table``).
 
 What remains per step: a lookup, a K-wide softmax, one [K] x [K,2D] product, the ReLU
 over [K,2D] and its dot with the last layer, per query. Candidate-only work (v2t: the
@@ -68,10 +69,10 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
     cq, ck, cv = F.linear(c, wq), F.linear(c, wk), F.linear(c, wv)
     m = w1_h @ (den.proj.weight @ wv)  # [2D,D]: M = W1_h Wp Wv
     tables = {
-        "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h),  # W1_h (Wp Wv c + bp) [S,2D]
+        # W1_h (Wp Wv c + bp) + b1 [S,2D]: the decoder's first bias rides with the query term
+        "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h, b1),
         "qkc": (cq * ck).sum(-1),  # (Wq c).(Wk c) [S]
-        # [W1_c; M] with bias [b1; 0]: one product gives the decoder half and M p
-        "w_cat": torch.cat([w1_c, m]), "b_cat": torch.cat([b1, torch.zeros_like(b1)]),
+        "w_cat": torch.cat([w1_c, m]),  # [W1_c; M]: one product gives the decoder half and M p
         "r": cq @ wk,  # Wk^T Wq c [S,D]: p . r_s = (Wq c).(Wk p)   (t2v)
         "y": ck @ wq,  # Wq^T Wk c [S,D]: p . y_s = (Wq p).(Wk c)   (v2t)
         "ck": ck, "cq": cq,
@@ -81,7 +82,7 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
     return tables
 
 
-def prepare_gallery(den, text, video, video_mask, *, timesteps) -> Gallery:
+def prepare_gallery(den, text, video, video_mask, *, timesteps, pairs: int | None = None) -> Gallery:
     steps = [int(s) for s in timesteps]
     if not steps or min(steps) < 0:
         raise ValueError(f"timesteps must be non-empty step indices >= 0, got {timesteps!r}")
@@ -91,7 +92,12 @@ def prepare_gallery(den, text, video, video_mask, *, timesteps) -> Gallery:
         kt = F.linear(text, den.k_proj.weight)  # [N,D]
         tables["z"] = kt @ den.q_proj.weight  # Wq^T Wk text [N,D]: pooled . z = (Wq pooled).(Wk text)
         tables["e"] = kt @ tables["cq"].t() + tables["qkc"]  # (Wq c).(Wk text) + (Wq c).(Wk c) [N,S]
-        tables["dm"] = F.linear(text, tables["w_cat"], tables["b_cat"])  # [N,4D]: W1_c text + b1 | M text
+        tables["dm"] = F.linear(text, tables["w_cat"])  # [N,4D]: W1_c text | M text
+    elif pairs is not None and pairs >= video.shape[0] * video.shape[1]:
+        # more (query, candidate) pairs than frames: project each frame once (pooling is
+        # linear, so W pooled = sum_t a_t (W f_t)), then pool the projections per pair
+        w = torch.cat([tables["w_cat"], tables["r"]])  # [4D+S, D]
+        tables["frames_proj"] = F.linear(video.reshape(-1, video.shape[-1]), w)  # [M*T, 4D+S]
     return Gallery(den.direction, text, video, video_mask, n, tables)
 
 
@@ -105,13 +111,22 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
         frames = gallery.video[cand_index]  # [B,K,T,D]
         # Eq. 4, in the official einsum's summation order (the softmax magnifies rounding)
         attn = den.frame_attention(torch.einsum("bd,bktd->bkt", text, frames), gallery.video_mask[cand_index])
-        pooled = torch.einsum("bkt,bktd->bkd", attn, frames)  # [B,K,D]
-        dm = F.linear(pooled, tb["w_cat"], tb["b_cat"])  # [B,K,4D]
         q = F.linear(text, den.q_proj.weight)  # Wq text [B,D]
         r = q @ den.k_proj.weight  # Wk^T Wq text: pooled . r = (Wq text).(Wk pooled)
-        table = (F.linear(pooled, tb["r"])  # (Wq c).(Wk pooled) [B,K,S]
-                 + torch.bmm(pooled, r.unsqueeze(-1))  # (Wq text).(Wk pooled) [B,K,1]
-                 + (F.linear(q, tb["ck"]) + tb["qkc"]).unsqueeze(1))  # (Wq text).(Wk c) + (Wq c).(Wk c)
+        if "frames_proj" in tb:  # pool the projected frames: [W1_c p | M p | p . r_s] per pair
+            nf = frames.shape[2]
+            rows = (cand_index.unsqueeze(-1) * nf + torch.arange(nf, device=cand_index.device)).view(b * k, nf)
+            proj = F.embedding_bag(rows, tb["frames_proj"], per_sample_weights=attn.reshape(b * k, nf),
+                                   mode="sum").view(b, k, -1)
+            dm, by_step = proj[..., : 4 * d], proj[..., 4 * d:]
+            by_query = (attn * torch.einsum("bd,bktd->bkt", r, frames)).sum(-1, keepdim=True)
+        else:
+            pooled = torch.einsum("bkt,bktd->bkd", attn, frames)  # [B,K,D]
+            dm = F.linear(pooled, tb["w_cat"])  # [B,K,4D]
+            by_step = F.linear(pooled, tb["r"])  # (Wq c).(Wk pooled) [B,K,S]
+            by_query = torch.bmm(pooled, r.unsqueeze(-1))  # (Wq text).(Wk pooled) [B,K,1]
+        # + (Wq text).(Wk c) + (Wq c).(Wk c)
+        table = by_step + by_query + (F.linear(q, tb["ck"]) + tb["qkc"]).unsqueeze(1)
     else:
         frames = gallery.video[query_index]  # [B,T,D]
         text = gallery.text[cand_index]  # [B,K,D]
