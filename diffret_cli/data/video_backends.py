@@ -35,6 +35,12 @@ _REORDER_WINDOW = 16
 _MAX_CONSECUTIVE_ERRORS = 32
 
 
+# Codecs whose decoders honour skip_frame=NONREF and whose packets carry one picture
+# each, stamped with its presentation time: for these the frames nobody picks and no
+# other frame refers to are not decoded at all (see packet_plan).
+_SKIP_CODECS = frozenset({"h264", "hevc"})
+
+
 # Frames per decord get_batch call: bounds the frames held at once (8 x 1080p RGB =
 # 50 MB when decord cannot scale them itself); decord's own buffers come on top.
 _DECORD_CHUNK = 8
@@ -159,19 +165,104 @@ class _Pass:
     selector: FrameSelector
     header: _Header
     geometry: dict[str, Any]  # rotation, display width/height, output size (first frame)
-    count: int  # frames decoded
+    count: int  # frames in the stream when read to the end, else those decoded before the stop
     partial: bool
     warnings: list[str]
     coverage_end: float | None  # end of the last frame; None when stopped at the clip end
+    decoded: int = 0  # pictures the decoder produced (fewer than count when some were skipped)
+    clean: bool = True  # no packet failed and the demuxer read to the end
+
+
+@dataclass
+class PacketPlan:
+    """What a demux-only pass says a PyAV decoding pass will pick (:func:`packet_plan`)."""
+
+    count: int  # video packets, one picture each
+    picks: list[float]  # timestamps the selector will pick
+    wanted: set[int]  # pts of the packets to decode in full: the picks and the last frame
+    # Share of the packets up to the last pick (in decode order) that lie in GOPs holding
+    # no pick: what seeking from keyframe to keyframe, as decord does, would not decode.
+    gop_skippable: float = 0.0
+
+
+def packet_plan(path: Path, plan: SamplingPlan,
+                make_selector: Callable[[Callable], FrameSelector] | None = None) -> PacketPlan | None:
+    """Run the selector over packet timestamps, without decoding: which frames it will pick.
+
+    Non-reference frames (most B-frames: about half of an H.264 stream) can then be
+    skipped by the decoder, except the picked ones: nothing refers to them, so every
+    other picture decodes exactly as in a full pass. Picking the nearest frame from
+    a subset that holds the overall nearest gives the same picks, and the decoding pass
+    checks that it did. None when the stream does not allow it: another codec, a packet
+    without a timestamp, two packets with one timestamp, or a demux error.
+    ``make_selector`` defaults to the sampling grid of ``plan``.
+    """
+    make_selector = make_selector or (lambda conv: grid_selector(plan, conv))
+    try:
+        container, stream = _open_pyav(path)
+    except DecodeError:
+        return None
+    try:
+        if stream.codec_context.name not in _SKIP_CODECS or stream.start_time is None:
+            return None
+        fps = _header(container, stream).nominal_fps
+        default_dur = 1.0 / fps if fps else 0.04  # as in _pyav_pass
+        tb, origin = float(stream.time_base), stream.start_time
+        packets: list[tuple[int, float, bool]] = []  # decode order: (pts, duration in s, keyframe)
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the flush packet at the end
+            if packet.pts is None:
+                return None
+            packets.append((packet.pts, packet.duration * tb if packet.duration else default_dur,
+                            bool(packet.is_keyframe)))
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+    stamps = sorted(packets)  # display order
+    if not stamps or any(a[0] == b[0] for a, b in zip(stamps, stamps[1:])):
+        return None
+    selector = make_selector(lambda pts: pts)
+    stopped = False
+    for seq, (pts, _, _) in enumerate(stamps):
+        ts = (pts - origin) * tb  # the same arithmetic as the decoding pass
+        selector.feed(ts, seq, pts)
+        if selector.done() and ts >= plan.end:
+            stopped = True
+            break
+    if not stopped:
+        last_pts, last_dur, _ = stamps[-1]
+        selector.finish((last_pts - origin) * tb + last_dur)
+    picked = {p[2] for p in selector.picks}
+    return PacketPlan(count=len(stamps), picks=[p[0] for p in selector.picks],
+                      wanted=picked | {stamps[-1][0]}, gop_skippable=_gop_skippable(packets, picked))
+
+
+def _gop_skippable(packets: list[tuple[int, float, bool]], picked: set[int]) -> float:
+    last = max((i for i, p in enumerate(packets) if p[0] in picked), default=-1)
+    if last < 0:
+        return 0.0
+    skippable = run = 0
+    has_pick = False
+    for i, (pts, _, key) in enumerate(packets[:last + 1]):
+        if key and i:  # a GOP ends
+            skippable += 0 if has_pick else run
+            run, has_pick = 0, False
+        run += 1
+        has_pick = has_pick or pts in picked
+    return skippable / (last + 1)  # the GOP holding the last pick is never skipped
 
 
 def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
-               make_selector: Callable[[Callable], FrameSelector], threads: int = 0) -> _Pass:
+               make_selector: Callable[[Callable], FrameSelector], threads: int = 0,
+               skip_plan: PacketPlan | None = None) -> _Pass:
     """Decode ``path`` sequentially once, feeding frames to a selector.
 
     Packets are decoded one by one so that a damaged packet costs only the frames
     around it: decoding resumes at the next packet (FFmpeg recovers at the next
-    keyframe) and the result is marked partial.
+    keyframe) and the result is marked partial. With ``skip_plan``, only the packets it
+    wants and those other frames refer to are decoded (skip_frame=NONREF).
     """
     container, stream = _open_pyav(path)
     try:
@@ -247,6 +338,7 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
         first_error: tuple[int | None, Exception] | None = None
         demux_error: Exception | None = None
         packets = container.demux(stream)
+        ctx, skipping = stream.codec_context, False
         while not st["stop"]:
             try:
                 packet = next(packets)
@@ -255,6 +347,10 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
             except av.FFmpegError as exc:
                 demux_error = exc
                 break
+            if skip_plan is not None:  # frame threads take the setting with each packet
+                skip = packet.pts is not None and packet.pts not in skip_plan.wanted
+                if skip != skipping:
+                    ctx.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
             try:
                 decoded = packet.decode()
             except av.FFmpegError as exc:
@@ -288,20 +384,51 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
             warnings.append("reading stopped part-way: "
                             f"{getattr(demux_error, 'strerror', None) or demux_error}")
         coverage_end = None
+        count = st["seq"]
         if not st["stop"] and st["last_ts"] is not None:
             coverage_end = st["last_ts"] + st["last_dur"]
+            if skip_plan is not None:  # read to the end: one frame per packet, skipped or not
+                count = skip_plan.count
             selector.finish(coverage_end)
-            short = _shortfall(header, coverage_end, plan.end, st["seq"] if plan.start == 0 else None)
+            short = _shortfall(header, coverage_end, plan.end, count if plan.start == 0 else None)
             if short:
                 warnings.append(short)
-        return _Pass(selector=selector, header=header, geometry=geometry, count=st["seq"],
-                     partial=bool(warnings), warnings=warnings, coverage_end=coverage_end)
+        return _Pass(selector=selector, header=header, geometry=geometry, count=count,
+                     partial=bool(warnings), warnings=warnings, coverage_end=coverage_end,
+                     decoded=st["seq"], clean=first_error is None and demux_error is None)
     finally:
         container.close()
 
 
-def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None, *, threads: int = 0) -> BackendResult:
-    run = _pyav_pass(path, plan, short_side, lambda conv: grid_selector(plan, conv), threads)
+def _decode_pass(path: Path, plan: SamplingPlan, short_side: int | None,
+                 make_selector: Callable[[Callable], FrameSelector], threads: int,
+                 packets: PacketPlan | None) -> _Pass:
+    """One sampling pass: non-reference frames skipped as ``packets`` plans, if the
+    outcome is the one a full pass gives (same picks, nothing failed); otherwise, or
+    without a plan, every frame is decoded."""
+    if packets is not None:
+        run = _pyav_pass(path, plan, short_side, make_selector, threads, packets)
+        if run.clean and [p[0] for p in run.selector.picks] == packets.picks:
+            return run
+        full = _pyav_pass(path, plan, short_side, make_selector, threads)
+        full.decoded += run.decoded  # the cost of both passes
+        return full
+    return _pyav_pass(path, plan, short_side, make_selector, threads)
+
+
+#: Skip non-reference frames nobody picks (PyAV backend, H.264/HEVC). The frames
+#: returned are the same either way; off only to compare against a full decode.
+SKIP_NONREF = True
+
+
+def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None, *, threads: int = 0,
+                packets: PacketPlan | None = None) -> BackendResult:
+    """Decode sequentially with PyAV. ``packets``: the :func:`packet_plan` of ``plan``
+    when already made (it is made here otherwise)."""
+    if SKIP_NONREF and packets is None:
+        packets = packet_plan(path, plan)
+    run = _decode_pass(path, plan, short_side, lambda conv: grid_selector(plan, conv), threads,
+                       packets if SKIP_NONREF else None)
     if not run.geometry:
         raise DecodeError(f"no frame of {path} could be decoded"
                           + (f" ({'; '.join(run.warnings)})" if run.warnings else ""),
@@ -313,8 +440,11 @@ def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None, *, threa
                           f"({clip_end:.2f} s)", hint="check the clip's start time")
     if clip_end - plan.start < 1.0 / plan.fps:
         # shorter than one sampling window: its middle frame, from a second (short) pass
-        run = _pyav_pass(path, plan, short_side,
-                         lambda conv: middle_selector(plan, clip_end, conv), threads)
+        first = run.decoded
+        middle = lambda conv: middle_selector(plan, clip_end, conv)  # noqa: E731
+        run = _decode_pass(path, plan, short_side, middle, threads,
+                           packet_plan(path, plan, middle) if SKIP_NONREF else None)
+        run.decoded += first
     geo, header = run.geometry, run.header
     whole = run.coverage_end is not None  # decoded to the end of the stream
     info = VideoInfo(path=str(path), backend="pyav", codec=header.codec, width=geo["width"],
@@ -324,7 +454,7 @@ def decode_pyav(path: Path, plan: SamplingPlan, short_side: int | None, *, threa
                      num_frames=run.count if whole and plan.start == 0 else header.frames)
     picks = run.selector.picks
     return BackendResult([p[2] for p in picks], [p[0] for p in picks], info, run.partial,
-                   run.warnings)
+                         run.warnings, decoded=run.decoded)
 
 
 def decode_decord(path: Path, plan: SamplingPlan, short_side: int | None, *, salvage: bool,

@@ -50,6 +50,9 @@ class DecodedVideo:
     ``timestamps`` float64 ``[T]`` holds each frame's real presentation time (seconds).
     ``partial`` is True when the stream broke part-way (or ends well before its header
     says) and the frames that did decode were kept; ``warnings`` says what happened.
+    ``decoded_frames`` counts the pictures the decoder produced (the cost of sampling;
+    PyAV only, None from decord): fewer than the stream holds when frames no other
+    frame refers to were skipped.
     """
 
     frames: np.ndarray
@@ -58,6 +61,7 @@ class DecodedVideo:
     backend: str
     partial: bool = False
     warnings: list[str] = field(default_factory=list)
+    decoded_frames: int | None = None
 
 
 class BackendFailure(Exception):
@@ -194,3 +198,4 @@ class BackendResult:
     info: VideoInfo
     partial: bool
     warnings: list[str]
+    decoded: int | None = None  # pictures the decoder produced (None: not known)
