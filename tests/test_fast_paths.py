@@ -272,3 +272,16 @@ def test_step_tables_follow_weight_updates():
         close(den.step(x, t, ctx), explicit, 1e-12)
         stale = den.step(x, t, den.prepare_chunk(first, qi, ci))
         assert float((stale - explicit).abs().max()) > 1e-6  # the old tables really were different
+
+
+def test_folded_path_with_weights_made_under_inference_mode():
+    """Weights created under torch.inference_mode have no version counter: the step
+    tables are then rebuilt per gallery instead of cached (and nothing fails)."""
+    with torch.inference_mode():
+        den = denoiser("v2t")
+        text, video, mask = gallery_features(5, 4)
+        qi, ci = torch.arange(4), torch.tensor([[0, 1], [2, 3], [4, 0], [1, 2]])
+        x, t = torch.randn(4, 2, dtype=torch.float64), torch.tensor([3, 0, 9, 9])
+        ctx = den.prepare_chunk(den.prepare_gallery(text, video, mask, timesteps=[9, 0]), qi, ci)
+        close(den.step(x, t, ctx), den.step(x, t, den.prepare(*gathered("v2t", text, video, mask, qi, ci))), 1e-12)
+    assert getattr(den, "_step_tables", None) is None

@@ -60,9 +60,12 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
     parameters are unchanged (same storage, same version counters), so a gallery of many
     chunks, or many galleries, pays for it once."""
     params = list(den.parameters())
-    key = (n, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+    # inference tensors (weights created under torch.inference_mode) have no version
+    # counter: then nothing is cached
+    cacheable = not torch.is_grad_enabled() and not any(p.is_inference() for p in params)
+    key = (n, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)) if cacheable else None
     cache = getattr(den, "_step_tables", None)
-    if cache is not None and cache[0] == key:
+    if cacheable and cache is not None and cache[0] == key:
         return cache[1]
     wq, wk, wv, w1_h, w1_c, b1 = _weights(den)
     c = den.embed_timestep(torch.arange(n, device=wq.device))  # [S,D]: every step index the sampler may use
@@ -77,7 +80,7 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
         "y": ck @ wq,  # Wq^T Wk c [S,D]: p . y_s = (Wq p).(Wk c)   (v2t)
         "ck": ck, "cq": cq,
     }
-    if not torch.is_grad_enabled():
+    if cacheable:
         den._step_tables = (key, tables)
     return tables
 
