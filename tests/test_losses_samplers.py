@@ -155,6 +155,47 @@ def test_the_stage2_step_honours_stage2_hard_negatives():
     assert out["exclusive"][0] != pytest.approx(out["official"][0])
 
 
+def test_the_model_objective_on_indices_equals_the_gathered_one():
+    """DiffusionRet.generation_loss runs the denoisers on the batch's unique features plus
+    candidate indices; loss and gradients equal the gathered path (losses.generation_loss
+    on [B,K,T,D] candidates, the same noise), masked slots included."""
+    from diffret_cli.losses import generation_loss
+    from diffret_cli.model.diffusionret import DiffusionRet
+    from train_helpers import tiny_model_config
+
+    torch.manual_seed(0)
+    model = DiffusionRet(tiny_model_config(), load_pretrained=False)
+    g = torch.Generator().manual_seed(5)
+    d, frames, n, k = model.encoder.embed_dim, model.config["max_frames"], 12, 12
+    cls, video = torch.randn(n, d, generator=g), torch.randn(n, frames, d, generator=g)
+    vmask = (torch.arange(frames)[None] < torch.randint(1, frames + 1, (n, 1), generator=g)).long()
+    vids = torch.arange(n) // 3
+    same = vids[:, None] == vids[None, :]
+    sim = torch.rand(n, n, generator=g)
+    cv, ct = hard_negative_candidates(sim, k, same), hard_negative_candidates(sim.t(), k, same)
+    rows = torch.arange(4, 10)  # this "rank's" queries
+    params = [p for m in model.stage2_modules() for p in m.parameters()]
+
+    loss, _ = model.generation_loss(cls, video, vmask, queries=rows, cand_v=cv.index[rows], cand_t=ct.index[rows],
+                                    valid_v=cv.valid[rows], valid_t=ct.valid[rows],
+                                    generator=torch.Generator().manual_seed(9))
+    fast = torch.autograd.grad(loss, params)
+    gen = torch.Generator().manual_seed(9)  # the draws generation_loss makes, in its order
+    t = torch.randint(0, model.noise_schedule().num_steps, (len(rows),), generator=gen)
+    n1, n2 = torch.randn((len(rows), k), generator=gen), torch.randn((len(rows), k), generator=gen)
+    coef = model.noise_schedule()
+    l1, _ = generation_loss(model.denoiser_t2v, coef, text=cls[rows], video=video[cv.index[rows]],
+                            video_mask=vmask[cv.index[rows]], t=t, noise=n1, candidate_mask=cv.valid[rows])
+    l2, _ = generation_loss(model.denoiser_v2t, coef, text=cls[ct.index[rows]], video=video[rows],
+                            video_mask=vmask[rows], t=t, noise=n2, candidate_mask=ct.valid[rows])
+    slow = torch.autograd.grad(l1 + l2, params)
+    assert not bool(cv.valid[rows].all())  # masked slots take part in the comparison
+    assert loss.item() == pytest.approx((l1 + l2).item(), rel=1e-5)
+    assert sum(float(b.abs().sum()) for b in slow) > 1e-2
+    for a, b in zip(fast, slow):  # atol: the output bias's gradient is ~0 in theory (softmax - onehot sums to 0)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_hard_negative_modes_match_the_recipe_schema():
     from diffret_cli.losses import HARD_NEGATIVE_MODES
     from diffret_cli.recipe_schema import DEFAULTS, HARD_NEGATIVE_MODES as SCHEMA_MODES

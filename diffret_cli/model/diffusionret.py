@@ -155,7 +155,7 @@ class DiffusionRet(nn.Module):
         ``valid_v`` / ``valid_t`` [B,K] bool, the slots the loss counts (padding slots of
         :func:`~diffret_cli.losses.hard_negative_candidates` are left out).
         Returns (loss, {"loss_t2v", "loss_v2t"})."""
-        from diffret_cli.losses import generation_loss
+        from diffret_cli.losses import generation_loss, generation_loss_indexed
 
         coef = self._training_schedule()
         b, k = cand_v.shape
@@ -164,6 +164,15 @@ class DiffusionRet(nn.Module):
         n1 = torch.randn((b, k), generator=generator).to(dev)
         n2 = torch.randn((b, k), generator=generator).to(dev)
         common = dict(kind=kind, temp=temp, negative_value=negative_value, t=t)
+        if all(hasattr(d, "forward_indexed") for d in (self.denoiser_t2v, self.denoiser_v2t)):
+            # the batch's unique features plus indices: the same loss and gradients without
+            # gathering [B,K,T,D] candidate frames (K = B = 128: 400 MB at width 512)
+            feats = dict(text=text_cls, video=video_frames, video_mask=video_mask, query_index=queries)
+            l_t2v, _ = generation_loss_indexed(self.denoiser_t2v, coef, cand_index=cand_v, noise=n1,
+                                               candidate_mask=valid_v, **feats, **common)
+            l_v2t, _ = generation_loss_indexed(self.denoiser_v2t, coef, cand_index=cand_t, noise=n2,
+                                               candidate_mask=valid_t, **feats, **common)
+            return l_t2v + l_v2t, {"loss_t2v": l_t2v.detach(), "loss_v2t": l_v2t.detach()}
         l_t2v, _ = generation_loss(self.denoiser_t2v, coef, text=text_cls[queries], video=video_frames[cand_v],
                                    video_mask=video_mask[cand_v], noise=n1, candidate_mask=valid_v, **common)
         l_v2t, _ = generation_loss(self.denoiser_v2t, coef, text=text_cls[cand_t], video=video_frames[queries],
