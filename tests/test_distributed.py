@@ -47,13 +47,16 @@ def test_two_ranks_match_single_process(tmp_path):
 
 
 def test_torchrun_train_only_rank0_writes(tmp_path):
+    """Without --run-dir the ranks share the folder rank 0 names (each naming its own
+    timestamped folder could split one run across two)."""
     data_root = prepare_synthetic(tmp_path / "data")
     recipe_file = tmp_path / "tiny.yaml"
     recipe_file.write_text(yaml.safe_dump(tiny_recipe(stages=(1,))))
-    run_dir = tmp_path / "run"
-    out = _torchrun(["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file), "--run-dir", str(run_dir),
+    out = _torchrun(["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file),
                      "--data-root", str(data_root), "--stage", "1", "--no-eval", "--quiet"], cwd=tmp_path)
     assert out.stdout.count("run directory:") == 1  # rank 1 reports nothing
+    (run_dir,) = (tmp_path / "runs").iterdir()  # one folder, used by both ranks
+    assert run_dir.name.startswith("tiny-")
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     starts = [r for r in recs if r.get("event") == "start"]
     assert len(starts) == 1 and starts[0]["world_size"] == 2 and starts[0]["stages"] == [1]
@@ -67,7 +70,21 @@ def test_torchrun_train_only_rank0_writes(tmp_path):
     assert not (run_dir / "features").exists()
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "tensorboard") == \
         ["checkpoints", "metrics.jsonl", "recipe.yaml"]
-    assert not list(tmp_path.glob("runs"))  # no stray timestamped run dir from rank 1
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused_before_any_work(tmp_path):
+    """3 ranks and stage1.batch_size=16: refused at start, before the data is prepared or
+    a run folder exists (before, each rank silently took 16 // 3 = 5 of 16, and stage 2
+    failed hours later)."""
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe(stages=(1,))))
+    out = _torchrun(["-m", "diffret_cli.cli.main", "train", "--recipe", str(recipe_file), "--data-root",
+                     str(tmp_path / "data"), "--stage", "1", "--no-eval", "--quiet"], cwd=tmp_path, nproc=3,
+                    check=False)
+    assert out.returncode != 0
+    assert "stage1.batch_size=16 does not split evenly over 3 processes" in out.stdout + out.stderr
+    assert "stage1.batch_size=15 or 18" in out.stdout + out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 def test_torchrun_stage2_on_the_stage1_run(tmp_path):
