@@ -3,6 +3,12 @@
 Stage 2 trains only the denoisers on features of a frozen stage-1 model, and nothing in
 stage 2 augments its inputs, so features are computed once per split instead of running
 CLIP on every batch (the official code's largest cost).
+
+:func:`iter_text_features` / :func:`iter_video_features` yield one batch at a time, so a
+caller that writes each batch away (the stage-2 cache,
+:mod:`diffret_cli.training.feature_cache`) holds one batch, whatever the split's size;
+:func:`encode_texts` / :func:`encode_videos` gather a whole split (evaluation galleries)
+into one preallocated float32 output.
 """
 
 from __future__ import annotations
