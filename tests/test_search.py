@@ -151,6 +151,11 @@ def test_approximate_first_stage_agrees_with_the_exact_one(w, model, tmp_path):
     # and token-wise scores agree less than a trained model's, so this is a hard case)
     overlap = [np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows(ivf, nprobe=k), exact)]) for k in (2, 8, 12)]
     assert overlap == sorted(overlap) and overlap[0] < 0.6 and overlap[2] >= 0.9, overlap
+    _feature_index(model, centres, tmp_path / "hnsw", n=3000, first_stage="hnsw")
+    hnsw = SearchIndex.open(tmp_path / "hnsw", model=model)
+    assert hnsw.meta["videos"]["first_stage"]["kind"] == "hnsw"
+    graph = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows(hnsw), exact)])
+    assert graph >= 0.9, graph
     # one query at a time (each its own noise draw, as the bench queries): the whole
     # gallery shortlisted is the exhaustive computation
     ref, ref1 = exhaustive_results(flat, text, top=10, rerank=4, steps=None, seed=0)

@@ -248,6 +248,7 @@ class SearchIndex:
             row = int(rows[c])
             item = stage.part.item(row)
             hits.append({"rank": rank, "row": row, "caption": item["text"], "video": item.get("video"),
+                         "video_id": item.get("video_id"),
                          "score": round(float(sc), 6), "stage1": round(float(s1[0, c]), 6)})
         timing["total"] = round(sum(timing.values()), 2)
         return {"query": str(path), "direction": "v2t", "results": hits, "settings": st, "timing_ms": timing}

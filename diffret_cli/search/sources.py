@@ -65,11 +65,12 @@ def thumbnail_strip(frames: np.ndarray, *, count: int = THUMB_FRAMES, height: in
         im = Image.fromarray(np.ascontiguousarray(f))
         w = max(1, round(im.width * height / im.height))
         tiles.append(im.resize((w, height), Image.BICUBIC))
-    strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height), (20, 20, 20))
+    gap = 3  # white gaps: frames of dark videos stay apart
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), height), (255, 255, 255))
     x = 0
     for t in tiles:
         strip.paste(t, (x, 0))
-        x += t.width + 2
+        x += t.width + gap
     buf = io.BytesIO()
     strip.save(buf, format="JPEG", quality=80)
     return buf.getvalue()
