@@ -135,7 +135,8 @@ def read_header(path: Path) -> tuple[dict, int]:
 # ------------------------------------------------------------------------ reading
 class CachedFeatures:
     """A feature cache, memory-mapped: ``text`` / ``video`` hold CPU tensors over the
-    file's pages in the stored dtype (cast each batch where it is used);
+    file's pages in the stored dtype (index them to copy a batch out, then cast it where
+    it is used; the pages are read-only, so never write into these tensors);
     ``caption_video`` [C] the video of each caption."""
 
     def __init__(self, path: Path):
