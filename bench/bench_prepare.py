@@ -16,12 +16,18 @@ parallel workers, in this process:
                  baseline, so frames/s compares like with like
   diffret 1 fps  ``prepare(..., fps=1)``: DiffusionRet's sampling, the default
 
-and prints method, videos, frames, seconds, frames/s, videos/s, and the frames/s ratio
-to the baseline. Without ``ffmpeg`` on PATH it says so and prints only diffret's rows
-(exit status 0). ``apt-get install -y ffmpeg`` provides it on Debian/Ubuntu.
+and prints, per method, frames, the median seconds over ``--rounds`` rounds, frames/s,
+videos/s, the frames/s ratio to the baseline, and CPU milliseconds per output frame
+(ffmpeg: its processes' user + system time; diffret: its workers' CPU time plus this
+process's). Each round runs the three methods in a rotated order, so that a change in
+the machine's load between rows does not favour one of them; the load average is
+printed with the table. On a shared machine the CPU column is the steadier comparison;
+the frames/s ratio is the one the issue states. Without ``ffmpeg`` on PATH it says so
+and prints only diffret's rows (exit status 0). ``apt-get install -y ffmpeg`` provides
+it on Debian/Ubuntu.
 
     python bench/bench_prepare.py
-    python bench/bench_prepare.py --videos 48 --workers 4 --keep /tmp/bench_videos
+    python bench/bench_prepare.py --videos 48 --workers 4 --rounds 5 --keep /tmp/bench_videos --json out.json
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import shutil
 import subprocess
 import sys
@@ -106,8 +114,15 @@ def count_frames(path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def run_ffmpeg(videos: list[Path], out: Path, *, workers: int) -> tuple[float, int]:
-    """The baseline: one ffmpeg re-encode per video, ``workers`` at a time. (seconds, frames)"""
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_ffmpeg(videos: list[Path], out: Path, *, workers: int) -> tuple[float, int, float]:
+    """The baseline: one ffmpeg re-encode per video, ``workers`` at a time.
+    (seconds, frames, CPU seconds of the ffmpeg processes)"""
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path) -> Path:
@@ -116,25 +131,29 @@ def run_ffmpeg(videos: list[Path], out: Path, *, workers: int) -> tuple[float, i
                         "-an", str(dst)], check=True, stdout=subprocess.DEVNULL)
         return dst
 
-    t0 = time.perf_counter()
+    cpu0, t0 = _children_cpu(), time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outputs = list(pool.map(one, videos))
-    seconds = time.perf_counter() - t0
-    return seconds, sum(count_frames(p) for p in outputs)
+    seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    return seconds, sum(count_frames(p) for p in outputs), cpu
 
 
-def run_diffret(source: Path, root: Path, *, fps: float, workers: int) -> tuple[float, int]:
+def run_diffret(source: Path, root: Path, *, fps: float, workers: int) -> tuple[float, int, float]:
+    """``prepare`` into a fresh ``root``: (seconds, frames, CPU seconds of workers + this process)."""
     from diffret_cli.data.prepare import prepare
 
     shutil.rmtree(root, ignore_errors=True)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     report = prepare(BenchVideos.name, data_root=root, source=source, fps=fps, short_side=224,
                      workers=workers, progress=False)
     seconds = time.perf_counter() - t0
     bad = report.skipped
     if bad:
         raise SystemExit(f"prepare skipped videos in the benchmark: {bad}")
-    return seconds, report.frames_written
+    own = time.process_time() - cpu0
+    # in-process runs (workers=1) count the per-video work in both terms
+    cpu = own + report.cpu_seconds if workers > 1 and report.videos > 1 else own
+    return seconds, report.frames_written, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--rounds", type=int, default=3, help="Each method runs this many times; medians are shown.")
     ap.add_argument("--keep", type=Path, default=None, help="Generate (and reuse) the videos here.")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -150,22 +171,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffret_cli.registry import registry
 
-    console = Console()
+    console = Console(width=max(Console().width, 116))
     registry().register("datasets", BenchVideos.name, BenchVideos)
     tmp = Path(tempfile.mkdtemp(prefix="diffret-bench-"))
     try:
         src = args.keep or tmp / "videos"
         console.print(f"generating {args.videos} videos of {args.seconds:g} s in {src} ...")
         videos = make_videos(src, count=args.videos, seconds=args.seconds)
-        rows = []  # (method, frames, seconds)
         ffmpeg = shutil.which("ffmpeg")
+        methods = {}  # name -> () -> (seconds, frames, cpu)
         if ffmpeg:
             run_ffmpeg(videos[:1], tmp / "warm", workers=1)  # page cache and binary warm
-            s, f = run_ffmpeg(videos, tmp / "ffmpeg", workers=args.workers)
-            rows.append(("ffmpeg 3 fps (CLIP4Clip)", f, s))
+            methods["ffmpeg 3 fps (CLIP4Clip)"] = lambda: run_ffmpeg(videos, tmp / "ffmpeg", workers=args.workers)
         else:
             console.print("[yellow]ffmpeg not found on PATH: the baseline is skipped[/yellow] "
                           "(install it, e.g. `apt-get install -y ffmpeg`, to compare)")
+        for fps in (3.0, 1.0):
+            methods[f"diffret {fps:g} fps"] = (lambda fps=fps: run_diffret(src, tmp / f"root{fps:g}", fps=fps,
+                                                                           workers=args.workers))
         # Warm-up: starts the worker server (imports numpy/PyAV/torch once per process), a
         # fixed cost of a few seconds per `prepare` run, not a per-video one.
         warm = tmp / "warm-src"
@@ -174,23 +197,50 @@ def main(argv: list[str] | None = None) -> int:
             os.symlink(v, warm / v.name)
         (warm / "list.json").write_text(json.dumps([v.stem for v in videos[:2]]))
         run_diffret(warm, tmp / "warm-root", fps=1.0, workers=args.workers)
-        for fps in (3.0, 1.0):
-            s, f = run_diffret(src, tmp / f"root{fps:g}", fps=fps, workers=args.workers)
-            rows.append((f"diffret {fps:g} fps", f, s))
 
-        table = Table(title=f"prepare throughput: {args.videos} videos x {args.seconds:g} s, "
-                            f"{args.workers} worker(s), short side 224")
-        for col in ("method", "videos", "frames", "seconds", "frames/s", "videos/s", "ratio"):
+        load_before = os.getloadavg()
+        runs: dict[str, list[tuple[float, int, float]]] = {m: [] for m in methods}
+        names = list(methods)
+        for r in range(max(1, args.rounds)):
+            for m in names[r % len(names):] + names[:r % len(names)]:  # rotated order
+                runs[m].append(methods[m]())
+        load_after = os.getloadavg()
+
+        rows = []
+        for m, rs in runs.items():
+            frames = rs[0][1]
+            seconds = statistics.median(x[0] for x in rs)
+            cpu = statistics.median(x[2] for x in rs)
+            rows.append({"method": m, "videos": len(videos), "frames": frames, "seconds": seconds,
+                         "seconds_all": [round(x[0], 3) for x in rs], "frames_per_s": frames / seconds,
+                         "videos_per_s": len(videos) / seconds, "cpu_ms_per_frame": 1000 * cpu / frames})
+        base = rows[0] if ffmpeg else None
+        for row in rows:
+            row["ratio"] = row["frames_per_s"] / base["frames_per_s"] if base else None
+            row["cpu_ratio"] = base["cpu_ms_per_frame"] / row["cpu_ms_per_frame"] if base else None
+
+        table = Table(title=f"prepare throughput: {args.videos} videos x {args.seconds:g} s, {args.workers} "
+                            f"worker(s), short side 224, median of {max(1, args.rounds)} round(s)")
+        for col in ("method", "videos", "frames", "seconds", "frames/s", "videos/s", "ratio", "CPU ms/frame",
+                    "CPU ratio"):
             table.add_column(col, justify="left" if col == "method" else "right")
-        base = rows[0][1] / rows[0][2] if ffmpeg else None
-        for method, frames, seconds in rows:
-            rate = frames / seconds
-            ratio = f"{rate / base:.2f}x" if base else "-"
-            table.add_row(method, str(len(videos)), str(frames), f"{seconds:.2f}", f"{rate:.1f}",
-                          f"{len(videos) / seconds:.2f}", ratio)
+        for row in rows:
+            table.add_row(row["method"], str(row["videos"]), str(row["frames"]), f"{row['seconds']:.2f}",
+                          f"{row['frames_per_s']:.1f}", f"{row['videos_per_s']:.2f}",
+                          f"{row['ratio']:.2f}x" if base else "-", f"{row['cpu_ms_per_frame']:.1f}",
+                          f"{row['cpu_ratio']:.2f}x" if base else "-")
         console.print(table)
-        console.print("ratio: frames/s relative to the ffmpeg baseline. The baseline's output is still "
-                      "video that training decodes again every epoch; diffret's is the frames themselves.")
+        load = (f"load average (1/5/15 min) {' '.join(f'{x:.1f}' for x in load_before)} before, "
+                f"{' '.join(f'{x:.1f}' for x in load_after)} after, on {os.cpu_count()} CPU(s)")
+        console.print(load)
+        console.print("ratio: frames/s relative to the ffmpeg baseline; CPU ratio: the baseline's CPU time per "
+                      "frame over this row's. The baseline's output is still video that training decodes again "
+                      "every epoch; diffret's is the frames themselves.")
+        if args.json:
+            args.json.write_text(json.dumps({"videos": args.videos, "seconds": args.seconds,
+                                             "workers": args.workers, "rounds": max(1, args.rounds),
+                                             "cpus": os.cpu_count(), "load_before": load_before,
+                                             "load_after": load_after, "rows": rows}, indent=2) + "\n")
     finally:
         registry().unregister("datasets", BenchVideos.name)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -94,6 +94,7 @@ class PrepareReport:
     cached: int = 0  # unique videos already in the cache
     frames_written: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the per-video work (decode, resize, encode, write), all workers
     report_path: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. fell back to in-process decoding
     absent: list[AbsentSplit] = field(default_factory=list)  # requested splits without their files
@@ -293,6 +294,7 @@ def prepare(name: str, *, data_root: str | os.PathLike | None, source: str | os.
     report.cached = sum(1 for r in results.values() if r["cached"])
     report.decoded = sum(1 for r in results.values() if r["written"])
     report.frames_written = sum(r["written"] for r in results.values())
+    report.cpu_seconds = sum(r.get("cpu_s", 0.0) for r in results.values())
     report.repaired = [{"video_id": r["video_id"], "problem": r["repaired"]}
                        for r in results.values() if r.get("repaired")]
     atomic_write_text(Path(report.report_path), json.dumps(report.to_dict(), indent=2) + "\n")

@@ -205,7 +205,15 @@ def process_video(entry: VideoEntry) -> dict[str, Any]:
     """One work item (runs in a worker): frames of ``entry`` into the cache; a small result dict.
 
     Never raises for a problem with the video itself; that becomes a ``skipped`` result.
+    ``cpu_s`` in the result is the CPU time the item took in its worker.
     """
+    t0 = time.process_time()
+    result = _process_video(entry)
+    result["cpu_s"] = time.process_time() - t0
+    return result
+
+
+def _process_video(entry: VideoEntry) -> dict[str, Any]:
     st = _STATE
     assert st is not None, "worker not initialised"
     vid = entry.video_id

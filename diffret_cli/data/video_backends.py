@@ -208,14 +208,26 @@ def packet_plan(path: Path, plan: SamplingPlan,
         fps = _header(container, stream).nominal_fps
         default_dur = 1.0 / fps if fps else 0.04  # as in _pyav_pass
         tb, origin = float(stream.time_base), stream.start_time
+        if plan.start > 0:  # where the decoding pass starts too
+            try:
+                container.seek(int(plan.start / tb) + origin, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                container.seek(0)
         packets: list[tuple[int, float, bool]] = []  # decode order: (pts, duration in s, keyframe)
+        cut = False  # stopped reading at the second keyframe past the clip end
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue  # the flush packet at the end
             if packet.pts is None:
                 return None
+            if packet.is_keyframe and (packet.pts - origin) * tb > plan.end:
+                if cut:
+                    break
+                cut = True  # frames shown before it may still follow in decode order
             packets.append((packet.pts, packet.duration * tb if packet.duration else default_dur,
                             bool(packet.is_keyframe)))
+        else:
+            cut = False
     except av.FFmpegError:
         return None
     finally:
@@ -232,6 +244,8 @@ def packet_plan(path: Path, plan: SamplingPlan,
             stopped = True
             break
     if not stopped:
+        if cut:  # the selector wanted more than was read: no plan rather than a wrong one
+            return None
         last_pts, last_dur, _ = stamps[-1]
         selector.finish((last_pts - origin) * tb + last_dur)
     picked = {p[2] for p in selector.picks}
