@@ -48,3 +48,19 @@ def test_the_model_section_is_the_dits_familys():
     problems = R.check_recipe("dits-msrvtt", ["model.rerank={topk_t2v: 8}"])
     assert any("model.rerank" in p and "pooling" in p for p in problems), problems
     assert R.check_recipe("dits-msrvtt", ["model.pooling.args.identity_init=false"]) == []
+
+
+def test_dits_quickstart_mirrors_the_quickstart():
+    """Same tiny encoder, temporal transformer, data and stage-1 budget as `quickstart`, so
+    the README compares the two at the same cost."""
+    q, d = R.load_recipe("quickstart"), R.load_recipe("dits-quickstart")
+    assert R.check_recipe("dits-quickstart") == []
+    assert d["model"]["family"] == "dits" and d["model"]["encoder"] == q["model"]["encoder"]
+    assert d["model"]["temporal"] == q["model"]["temporal"]
+    assert (d["model"]["max_words"], d["model"]["max_frames"]) == (q["model"]["max_words"], q["model"]["max_frames"])
+    for key in ("epochs", "batch_size", "lr", "encoder_lr", "weight_decay", "warmup", "grad_clip"):
+        assert d["stage1"][key] == q["stage1"][key], key
+    for section in ("dataset", "eval", "data"):
+        assert d[section] == q[section], section
+    assert d["train"]["stages"] == [1] and d["train"]["seed"] == q["train"]["seed"]
+    assert d["model"]["sampler"]["args"]["sample_steps"] == 10 and d["model"]["pooling"]["name"] == "xpool"

@@ -16,7 +16,8 @@ from diffret_cli.errors import ConfigError
 from diffret_cli.registry import registry
 
 BUILTIN = ["diffusionret-activitynet", "diffusionret-didemo", "diffusionret-lsmdc",
-           "diffusionret-msrvtt", "diffusionret-msvd", "dits-didemo", "dits-lsmdc", "dits-msrvtt", "quickstart"]
+           "diffusionret-msrvtt", "diffusionret-msvd", "dits-didemo", "dits-lsmdc", "dits-msrvtt",
+           "dits-quickstart", "quickstart"]
 
 
 @pytest.fixture
