@@ -306,6 +306,11 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+#: What every worker imports on its first video (see run_pool).
+_WORKER_IMPORTS = ("diffret_cli.data.video", "decord", "PIL.JpegImagePlugin", "PIL.PngImagePlugin",
+                   "safetensors.numpy")
+
+
 def run_pool(entries: list[VideoEntry], state: WorkerState, workers: int,
               on_result: Callable[[dict[str, Any]], None]) -> None:
     """Run ``process_video`` over ``entries`` with at most ``4 * workers`` items in flight.
@@ -318,7 +323,9 @@ def run_pool(entries: list[VideoEntry], state: WorkerState, workers: int,
     if ctx.get_start_method() == "forkserver":
         # Imported once in the server, not per worker; "__main__" (multiprocessing's
         # default) lets a plugin class defined in a script be unpickled by the workers.
-        ctx.set_forkserver_preload(list(dict.fromkeys(["__main__", "diffret_cli.data.prepare",
+        # The decoders and the JPEG/safetensors writers too: imported in each worker they
+        # cost 0.25 s of CPU apiece, per `prepare` run (a missing one is skipped).
+        ctx.set_forkserver_preload(list(dict.fromkeys(["__main__", "diffret_cli.data.prepare", *_WORKER_IMPORTS,
                                                        type(state.plugin).__module__])))
     todo = list(reversed(entries))
     doubtful: list[VideoEntry] = []
