@@ -75,7 +75,7 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
         # W1_h (Wp Wv c + bp) + b1 [S,2D]: the decoder's first bias rides with the query term
         "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h, b1),
         "qkc": (cq * ck).sum(-1),  # (Wq c).(Wk c) [S]
-        "w_cat": torch.cat([w1_c, m]),  # [W1_c; M]: one product gives the decoder half and M p
+        "w1_c": w1_c, "m": m,
         "r": cq @ wk,  # Wk^T Wq c [S,D]: p . r_s = (Wq c).(Wk p)   (t2v)
         "y": ck @ wq,  # Wq^T Wk c [S,D]: p . y_s = (Wq p).(Wk c)   (v2t)
         "ck": ck, "cq": cq,
@@ -95,11 +95,12 @@ def prepare_gallery(den, text, video, video_mask, *, timesteps, pairs: int | Non
         kt = F.linear(text, den.k_proj.weight)  # [N,D]
         tables["z"] = kt @ den.q_proj.weight  # Wq^T Wk text [N,D]: pooled . z = (Wq pooled).(Wk text)
         tables["e"] = kt @ tables["cq"].t() + tables["qkc"]  # (Wq c).(Wk text) + (Wq c).(Wk c) [N,S]
-        tables["dm"] = F.linear(text, tables["w_cat"])  # [N,4D]: W1_c text | M text
+        tables["dec"] = F.linear(text, tables["w1_c"])  # W1_c text [N,2D]
+        tables["mv"] = F.linear(text, tables["m"])  # M text [N,2D]
     elif pairs is not None and pairs >= video.shape[0] * video.shape[1]:
         # more (query, candidate) pairs than frames: project each frame once (pooling is
         # linear, so W pooled = sum_t a_t (W f_t)), then pool the projections per pair
-        w = torch.cat([tables["w_cat"], tables["r"]])  # [4D+S, D]
+        w = torch.cat([tables["w1_c"], tables["m"], tables["r"]])  # [4D+S, D]
         tables["frames_proj"] = F.linear(video.reshape(-1, video.shape[-1]), w)  # [M*T, 4D+S]
     return Gallery(den.direction, text, video, video_mask, n, tables)
 
@@ -121,11 +122,13 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
             rows = (cand_index.unsqueeze(-1) * nf + torch.arange(nf, device=cand_index.device)).view(b * k, nf)
             proj = F.embedding_bag(rows, tb["frames_proj"], per_sample_weights=attn.reshape(b * k, nf),
                                    mode="sum").view(b, k, -1)
-            dm, by_step = proj[..., : 4 * d], proj[..., 4 * d:]
+            # separate contiguous copies: every step reads them, strided reads cost more
+            dec, mv = proj[..., : 2 * d].contiguous(), proj[..., 2 * d: 4 * d].contiguous()
+            by_step = proj[..., 4 * d:]
             by_query = (attn * torch.einsum("bd,bktd->bkt", r, frames)).sum(-1, keepdim=True)
         else:
             pooled = torch.einsum("bkt,bktd->bkd", attn, frames)  # [B,K,D]
-            dm = F.linear(pooled, tb["w_cat"])  # [B,K,4D]
+            dec, mv = F.linear(pooled, tb["w1_c"]), F.linear(pooled, tb["m"])  # [B,K,2D] each
             by_step = F.linear(pooled, tb["r"])  # (Wq c).(Wk pooled) [B,K,S]
             by_query = torch.bmm(pooled, r.unsqueeze(-1))  # (Wq text).(Wk pooled) [B,K,1]
         # + (Wq text).(Wk c) + (Wq c).(Wk c)
@@ -136,7 +139,7 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
         attn = den.frame_attention(torch.einsum("bkd,btd->bkt", text, frames),
                                    gallery.video_mask[query_index].unsqueeze(1))  # Eq. 4, [B,K,T]
         pooled = torch.einsum("bkt,btd->bkd", attn, frames)  # the query video pooled per candidate text [B,K,D]
-        dm = tb["dm"][cand_index]
+        dec, mv = tb["dec"][cand_index], tb["mv"][cand_index]
         table = ((pooled * tb["z"][cand_index]).sum(-1, keepdim=True) + F.linear(pooled, tb["y"])
                  + tb["e"][cand_index])
     if den.scale_logits:
@@ -144,8 +147,8 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
     return DenoiserContext({
         "logit_table": table.permute(2, 0, 1).contiguous(),  # [S,B,K]: row s = the logits at step s
         "u_table": tb["u"],
-        "dec": dm[..., : 2 * d],
-        "mv": dm[..., 2 * d:],
+        "dec": dec,
+        "mv": mv,
     }, state_shape=(b, k))
 
 
@@ -163,11 +166,21 @@ def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
     u_c = c["u_table"][t].unsqueeze(1)  # [B,1,2D]
     out = den.decoder[2]
     block = b if x_t.device.type != "cpu" else CPU_BLOCK
+    scratch = None
+    if x_t.device.type == "cpu" and not torch.is_grad_enabled():
+        # one buffer for the [block,K,2D] pre-activations of every step: a fresh one per
+        # step costs more than the step (the CPU allocator maps and faults in large blocks)
+        scratch = c.get("scratch")
+        if scratch is None or scratch.dtype != c["dec"].dtype:
+            scratch = c["scratch"] = torch.empty((min(block, b),) + tuple(c["dec"].shape[1:]), dtype=c["dec"].dtype)
     parts = []
     for i in range(0, b, block):
         j = slice(i, i + block)
-        # W1_h h = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp)   (Eq. 6 and the decoder's first layer)
+        # W1_h h + b1 = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp) + b1  (Eq. 6 and the decoder's first layer)
         u = torch.baddbmm(u_c[j], weight[j].unsqueeze(1), c["mv"][j])  # [b,1,2D]
-        hidden = (c["dec"][j] + u).clamp_min_(0.0)
-        parts.append(F.linear(hidden, out.weight, out.bias).squeeze(-1))
+        if scratch is None:
+            hidden = c["dec"][j] + u
+        else:
+            hidden = torch.add(c["dec"][j], u, out=scratch[: u.shape[0]])
+        parts.append(F.linear(hidden.clamp_min_(0.0), out.weight, out.bias).squeeze(-1))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)) + weight
