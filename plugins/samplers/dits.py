@@ -99,6 +99,11 @@ class DITSSampler(Sampler):
                 "beta_start": self.beta_start, "beta_end": self.beta_end, "truncation": self.truncation,
                 "noise": self.noise, "noise_scale": self.noise_scale}
 
+    @classmethod
+    def example_args(cls) -> list[dict]:
+        # the paper's chain, a cut one, and the noisy one (seeded, so still deterministic)
+        return [{}, {"sample_steps": 3, "truncation": "prefix"}, {"sample_steps": 4, "noise": True}]
+
     def timesteps(self) -> list[int]:
         return list(range(self.sample_steps - 1, -1, -1))
 
