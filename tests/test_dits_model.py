@@ -217,3 +217,16 @@ def test_leak_guard_with_text_conditioned_pooling(model):
     _, leak_a = _ranks(model, _split(list(range(V))), leaky=True)
     _, leak_b = _ranks(model, _split(perm), leaky=True)
     assert not np.array_equal(leak_b["stage1"][0], leak_a["stage1"][0][back])
+
+
+def test_noise_in_the_unrolled_steps_is_opt_in_and_seeded(model):
+    """model.train_noise (training) and the sampler's `noise` (inference) add lambda_k z;
+    off by default, seeded by the generator when on."""
+    assert model.config["train_noise"] is False and model.make_sampler().noise is False
+    with torch.no_grad():
+        tf, _ = features(model, CAPS)
+        quiet = model.query_embedding(tf.cls)
+        a = model.query_embedding(tf.cls, noise=True, generator=torch.Generator().manual_seed(0))
+        b = model.query_embedding(tf.cls, noise=True, generator=torch.Generator().manual_seed(0))
+        c = model.query_embedding(tf.cls, noise=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.allclose(a, quiet)
