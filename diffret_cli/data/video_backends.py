@@ -1,9 +1,10 @@
 """The two decoding backends behind :func:`diffret_cli.data.video.decode_sampled`.
 
-PyAV decodes sequentially, keeping only the frames the plan selects; decord reads its
-timestamp table and then only the chosen frames by index. Both end in the same
-selection routine (:mod:`diffret_cli.data.video_frames`), so where both can read a
-file they return the same frames.
+PyAV decodes sequentially, keeping only the frames the plan selects (and, for H.264/
+HEVC, not decoding the non-reference frames it does not select: :func:`packet_plan`);
+decord reads its timestamp table and then only the chosen frames by index. Both end in
+the same selection routine (:mod:`diffret_cli.data.video_frames`), so where both can
+read a file they return the same frames, scaled in the decoder from YUV by FFmpeg.
 """
 
 from __future__ import annotations
