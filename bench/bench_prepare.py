@@ -32,7 +32,7 @@ it on Debian/Ubuntu.
 Measured with ``--workers 2`` on 2 cores shared with other jobs (load average 7-14), four
 runs: 3 fps 4.8-5.5x the baseline's frames/s and 3.4-3.6x less CPU per frame; 1 fps
 1.7-2.1x its frames/s, 1.8-1.9x less CPU per frame (a third of the frames for nearly the
-same decoding: 5.6-6.2x its videos/s). Before the in-decoder scaling and non-reference
+same decoding: 5.6-6.7x its videos/s). Before the in-decoder scaling and non-reference
 skipping, in the same conditions: 3 fps 2.4-2.6x and 1.6-1.8x, 1 fps 1.3-1.7x and 0.9x.
 """
 
