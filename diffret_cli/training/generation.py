@@ -13,9 +13,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from diffret_cli.checkpoint import load_tensors
 from diffret_cli.distributed import DistInfo, gather_no_grad
 from diffret_cli.losses import HARD_NEGATIVE_MODES, hard_negative_candidates
 from diffret_cli.training.context import RunContext
@@ -112,7 +112,7 @@ def load_best_stage1(run_dir, model: nn.Module) -> None:
         warnings.warn(f"no stage-1 checkpoint in {run_dir}: stage 2 trains on the initial "
                       "(pretrained) encoder's features", stacklevel=2)
         return
-    state = load_file(str(path))
+    state = load_tensors(path)
     own = model.state_dict()
     own.update({k: v for k, v in state.items() if not k.startswith("denoiser_")})
     model.load_state_dict(own, strict=True)

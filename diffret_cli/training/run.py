@@ -121,6 +121,8 @@ def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None =
     family = get_family(family_name(recipe["model"]))
     stages = stages or list(tr["stages"])
     check_stages(recipe, family, stages)
+    # a process group the caller made (a script launching train() twice) is theirs to close
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dist = init_distributed(device.type)
     try:
         if dist.enabled and device.type == "cuda":
@@ -152,7 +154,8 @@ def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None =
         return _run(recipe, family, model, run_dir=run_dir, data=data, device=device, precision=precision, dist=dist,
                     state=state, stages=stages, progress=progress, stop_after_steps=stop_after_steps)
     finally:
-        cleanup(dist)
+        if owns_group:
+            cleanup(dist)
 
 
 def check_start(run_dir: Path, recipe: dict, *, resume: bool, stages: list[int]) -> dict | None:
