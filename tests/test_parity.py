@@ -9,7 +9,9 @@ all shapes, seeds, weights and options from the fixture, so the held-back second
 Tolerance (float32): max |ours - official| <= 1e-5 * max|official| + 1e-6; the
 generation loss to 1e-5 relative; gradients to 1e-5 of the global gradient norm (some
 are ~0 by symmetry). Denoisers run on the fast path (``prepare`` once, ``step`` per
-step), as the sampler and the re-ranker run them; ``forward`` is checked too.
+step), as the sampler and the re-ranker run them; the training paths (``forward`` and the
+indexed ``forward_indexed`` that stage 2 runs on unique features) are held to the same
+official output, not to each other.
 """
 
 from __future__ import annotations
@@ -178,6 +180,18 @@ def test_denoiser(direction):
     args = (ref["text_emb"], ref["video_emb"], ref["video_mask"])
     with torch.no_grad():
         assert_close(m(ref["x"], ref["t"], *args), ref["output"], f"{direction} forward")
+        # the indexed path stage 2 trains with (unique features + candidate indices), on
+        # identity indices, must give the official output too
+        b, k = ref["x"].shape
+        text, video, vmask = args
+        query, cand = torch.arange(b), torch.arange(b * k).reshape(b, k)
+        if direction == "t2v":
+            idx = m.forward_indexed(ref["x"], ref["t"], text=text, video=video.flatten(0, 1),
+                                    video_mask=vmask.flatten(0, 1), query_index=query, cand_index=cand)
+        else:
+            idx = m.forward_indexed(ref["x"], ref["t"], text=text.flatten(0, 1), video=video, video_mask=vmask,
+                                    query_index=query, cand_index=cand)
+        assert_close(idx, ref["output"], f"{direction} forward_indexed")
         with spy_softmax() as frame_soft:
             ctx = m.prepare(*args)
         with spy_softmax() as cand_soft, forward_hooks({"proj": m.proj, "dec": m.decoder[2]}) as seen:
