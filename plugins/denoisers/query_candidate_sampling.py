@@ -17,7 +17,9 @@ for v2t -- and w = softmax_K(logits + x_t)):
 
 What remains per step: a lookup, a K-wide softmax, one [K] x [K,2D] product, the ReLU
 over [K,2D] and its dot with the last layer, per query. Candidate-only work (v2t: the
-texts' projections) is done once per gallery item, not once per (query, candidate).
+texts' projections) is done once per gallery item, not once per (query, candidate); for
+t2v, when more (query, candidate) pairs will follow than the gallery has frames, each
+frame is projected once and the projections pooled per pair (pooling is linear).
 """
 
 from __future__ import annotations
