@@ -109,6 +109,10 @@ def wti_scores(t: torch.Tensor, tw: torch.Tensor, text_mask: torch.Tensor, v: to
     if nt == 0 or nv == 0:
         return out
     frames = v.reshape(nv * nf, d)
+    # one buffer for every block of A without gradients (a fresh 64 MB block per product
+    # is mapped and faulted in by the allocator each time on CPU)
+    reuse = not (torch.is_grad_enabled() and (t.requires_grad or v.requires_grad))
+    buffer = t.new_empty(min(block_elements, nt * slots * nv * nf)) if reuse else None
     valid = text_mask != 0
     counts = valid.sum(dim=1)
     # valid slots first, in their order (a stable sort of the mask), wherever they sit
@@ -124,7 +128,12 @@ def wti_scores(t: torch.Tensor, tw: torch.Tensor, text_mask: torch.Tensor, v: to
         step = max(1, block_elements // (words.shape[0] * nf))
         for j in range(0, nv, step):
             cols = slice(j, min(j + step, nv))
-            a = (words @ frames[cols.start * nf:cols.stop * nf].t()).view(len(rows), n_valid, -1, nf)
+            block = frames[cols.start * nf:cols.stop * nf]
+            if buffer is not None and words.shape[0] * block.shape[0] <= buffer.numel():
+                a = torch.mm(words, block.t(), out=buffer[: words.shape[0] * block.shape[0]].view(words.shape[0], -1))
+            else:
+                a = words @ block.t()
+            a = a.view(len(rows), n_valid, -1, nf)
             t2v = torch.einsum("nlb,nl->nb", a.amax(dim=-1), weights)
             best = a.amax(dim=1)  # [n,b,T]
             if padded:
