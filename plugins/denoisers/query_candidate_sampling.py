@@ -46,6 +46,21 @@ class Gallery:
     tables: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _gather_rows(gallery: Gallery, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``source[index]``; on CPU without gradients into a buffer the gallery keeps, since
+    a fresh [B,K,T,D] block per chunk (50 MB at the official shapes) is mapped and
+    faulted in by the allocator every time. Valid until the next call."""
+    if source.device.type != "cpu" or torch.is_grad_enabled():
+        return source[index]
+    n = index.numel() * source[0].numel()
+    buf = gallery.tables.get("_gather")
+    if buf is None or buf.numel() < n or buf.dtype != source.dtype:
+        buf = gallery.tables["_gather"] = source.new_empty(n)
+    out = buf[:n].view(index.numel(), *source.shape[1:])
+    torch.index_select(source, 0, index.reshape(-1), out=out)
+    return out.view(*index.shape, *source.shape[1:])
+
+
 def is_folded(ctx: DenoiserContext) -> bool:
     return "logit_table" in ctx.tensors
 
@@ -114,7 +129,7 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
     b, k = cand_index.shape
     if den.direction == "t2v":
         text = gallery.text[query_index]  # [B,D]
-        frames = gallery.video[cand_index]  # [B,K,T,D]
+        frames = _gather_rows(gallery, gallery.video, cand_index)  # [B,K,T,D]
         # Eq. 4, in the official einsum's summation order (the softmax magnifies rounding)
         attn = den.frame_attention(torch.einsum("bd,bktd->bkt", text, frames), gallery.video_mask[cand_index])
         q = F.linear(text, den.q_proj.weight)  # Wq text [B,D]
