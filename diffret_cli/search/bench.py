@@ -149,7 +149,7 @@ def exhaustive_results(index: SearchIndex, text, *, top: int, rerank: int, steps
         feats, weights, mask = index.videos.part.rows(r)
         scores = s1[i:i + 1]
         if rerank > 0:  # the same call, on the same sorted candidates, with the same noise as a search
-            scores = scoring.rerank_t2v(index.model, scores, text.cls[i:i + 1], feats, mask, topk=rerank,
+            scores = scoring.rerank_t2v(index.model, scores, text.cls[i:i + 1], feats.float(), mask, topk=rerank,
                                         steps=steps, seed=seed)
         final.append(r[scores[0].topk(top).indices.numpy()].tolist())
         stage1.append(r[:top].tolist())
@@ -291,8 +291,13 @@ def bench_search(*, gallery: int, device: str = "cpu", checkpoint: str | Path | 
                         log(f"  features {min(a + chunk, gallery):,}/{gallery:,}")
 
             items = ({"id": f"synthetic-{i:07d}", "path": None} for i in range(gallery))
+            ckpt_dir = None
+            if not own_tmp:  # kept: `diffret search WORKDIR/index "..."` then works on the bench's index
+                from diffret_cli.checkpoint import save_model
+
+                ckpt_dir = str(save_model(model, work / "model").resolve())
             meta = write_feature_index(model, index_dir, n=gallery, batches=batches(), items=items, settings=settings,
-                                       description={"kind": "synthetic-features", **spec_args})
+                                       checkpoint=ckpt_dir, description={"kind": "synthetic-features", **spec_args})
             from diffret_cli.fileio import atomic_write_json
 
             atomic_write_json(args_file, spec_args)

@@ -178,7 +178,7 @@ class SearchIndex:
         t, tw, tmask, q = scoring.text_side(self.model, text)
         rows, member = stage.shortlist(q, st["shortlist"], st["nprobe"])
         lap("first_stage")
-        feats, weights, mask = stage.part.rows(rows)
+        feats, weights, mask = stage.part.rows(rows)  # features as stored: float16
         feats, weights, mask = feats.to(self.device), weights.to(self.device), mask.to(self.device)
         lap("read")
         s1 = scoring.tokenwise(t, tw, tmask, scoring.normalise(feats, mask), weights)
@@ -187,7 +187,8 @@ class SearchIndex:
         fused = s1
         if st["rerank"] > 0:
             fused = scoring.rerank_top(s1, st["rerank"], lambda sub, cols: scoring.rerank_t2v(
-                self.model, sub, text.cls, feats[cols], mask[cols], topk=st["rerank"], steps=steps, seed=seed))
+                self.model, sub, text.cls, feats[cols].float(), mask[cols], topk=st["rerank"], steps=steps,
+                seed=seed))
         lap("rerank")
         k = min(top, len(rows))
         scores, cols = fused.topk(k, dim=1)

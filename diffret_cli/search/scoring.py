@@ -17,9 +17,12 @@ from diffret_cli.search.store import pooled
 
 
 def normalise(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unit-length tokens, padding zeroed: what the token-wise similarity's
-    ``prepare_text`` / ``prepare_video`` do before their inner products."""
-    return feats / feats.norm(dim=-1, keepdim=True) * mask.to(feats.dtype).unsqueeze(-1)
+    """Unit-length float32 tokens, padding zeroed: what the token-wise similarity's
+    ``prepare_text`` / ``prepare_video`` do before their inner products (the same
+    operations in the same order, on one new tensor instead of three: a shortlist of
+    1,000 videos is 24 MB of float32)."""
+    x = feats.float() if feats.dtype != torch.float32 else feats.clone()
+    return x.div_(x.norm(dim=-1, keepdim=True)).mul_(mask.to(x.dtype).unsqueeze(-1))
 
 
 @torch.no_grad()
