@@ -43,10 +43,11 @@ DEFAULT_SHORTLIST = 1000
 
 
 def model_fingerprint(model) -> str:
-    """A short hash of the model's config and weights (a strided sample of every tensor,
-    so it costs milliseconds even for ViT-B/32): an index and the model that queries it
-    must agree, or the query lands in a different feature space."""
-    h = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode())
+    """A short hash of the model's weights (names, shapes and a strided sample of every
+    tensor, so it costs milliseconds even for ViT-B/32): an index and the model that
+    queries it must agree, or the query lands in a different feature space. The config
+    is left out: a saved and reloaded model spells it out in full, same weights."""
+    h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
