@@ -36,7 +36,28 @@ def tensorboard_writer(run_dir: Path, dist: DistInfo, *, purge_step: int | None 
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+    log_dir = run_dir / "tensorboard"
+    wait_for_a_later_second(log_dir)
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+
+def wait_for_a_later_second(log_dir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the
+    creation second, then a per-process writer counter compared as text ("10" < "9").
+    Two writers in one second of one long-lived process (a resume right after a kill,
+    in a notebook or a test session) could then be read out of order, and a resumed
+    run's purge would drop the wrong steps. Starting each file in a later second than
+    the folder's newest keeps the order; it waits at most a second, only then."""
+    import re
+    import time
+
+    newest = 0
+    for f in log_dir.glob("events.out.tfevents.*"):
+        m = re.match(r"events\.out\.tfevents\.(\d+)\.", f.name)
+        if m:
+            newest = max(newest, int(m.group(1)))
+    while int(time.time()) <= newest:
+        time.sleep(0.05)
 
 
 def progress_bar(enabled: bool):
