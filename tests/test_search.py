@@ -277,3 +277,18 @@ def test_errors_name_the_index_and_the_fix(w, tmp_path):
     with pytest.raises(SystemExit) as code:
         main(["search", str(tmp_path), "anything"])
     assert code.value.code == 2
+
+
+def test_query_groups_bound_memory_without_changing_results(w, model, monkeypatch):
+    """Stage 2 in groups of one query (as a large batch against a large index runs)
+    gives the results of one group; stage 3's noise does not depend on the grouping."""
+    from diffret_cli.features import SplitTexts
+    from diffret_cli.search import SearchIndex, engine, scoring
+
+    idx = dataset_index(w, w["ckpt"].parent / "idx-dataset")
+    index = SearchIndex.open(idx)
+    text = scoring.encode_queries(model, SplitTexts.from_split(_split(w)).captions[:20])
+    whole = index.search_features(text, top=5)
+    monkeypatch.setattr(engine, "MAX_SCORED_ROWS", 1)
+    grouped = index.search_features(text, top=5)
+    assert [r["results"] for r in grouped] == [r["results"] for r in whole]

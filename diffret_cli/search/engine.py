@@ -40,6 +40,8 @@ FIRST_STAGE_FILE = "first_stage.faiss"
 #: items the first stage hands to the token-wise similarity per query (the bench
 #: measures the recall of the final top 10 it gives on a million items)
 DEFAULT_SHORTLIST = 1000
+#: rows Eq. 10 scores at once for a batch of queries (their shortlists' union)
+MAX_SCORED_ROWS = 16384
 
 
 def model_fingerprint(model) -> str:
@@ -163,46 +165,79 @@ class SearchIndex:
                         rerank: int | None = None, steps: int | None = None, seed: int = 0,
                         nprobe: int | None = None) -> list[dict[str, Any]]:
         """Text-to-video from already encoded queries (what :meth:`search` runs after the
-        text tower; the bench feeds it features too)."""
-        stage = self.videos
+        text tower; the bench feeds it features too).
+
+        Stage 2 runs on groups of queries whose shortlists together stay under
+        :data:`MAX_SCORED_ROWS` rows (memory stays bounded for any batch); each query
+        keeps its best ``max(top, rerank)`` items. Stage 3 then re-ranks queries in the
+        model's ``rerank.chunk_size`` chunks with one generator seeded by ``seed``: the
+        noise layout of ``diffret eval``, so a batch of a split's captions against an
+        index of that split gives evaluation's ranking.
+        """
+        stage, part = self.videos, self.videos.part
         st = self._settings(stage, "t2v", top, shortlist, rerank, steps, seed, nprobe)
-        timing: dict[str, float] = {}
+        timing = {"first_stage": 0.0, "read": 0.0, "tokenwise": 0.0, "rerank": 0.0}
         tick = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal tick
             now = time.perf_counter()
-            timing[name] = round((now - tick) * 1e3, 2)
+            timing[name] += (now - tick) * 1e3
             tick = now
 
         text = TextFeatures(text.tokens.to(self.device), text.cls.to(self.device), text.mask.to(self.device))
         t, tw, tmask, q = scoring.text_side(self.model, text)
-        rows, member = stage.shortlist(q, st["shortlist"], st["nprobe"])
+        b, k = q.shape[0], st["rerank"]
+        keep = min(max(top, k), len(part))
+        cand_rows = np.full((b, keep), -1, dtype=np.int64)
+        cand_s1 = torch.full((b, keep), float("-inf"), device=self.device)
         lap("first_stage")
-        feats, weights, mask = stage.part.rows(rows)  # features as stored: float16
-        feats, weights, mask = feats.to(self.device), weights.to(self.device), mask.to(self.device)
-        lap("read")
-        s1 = scoring.tokenwise(t, tw, tmask, scoring.normalise(feats, mask), weights)
-        s1 = s1.masked_fill(~torch.from_numpy(member).to(self.device), float("-inf"))
-        lap("tokenwise")
-        fused = s1
-        if st["rerank"] > 0:
-            fused = scoring.rerank_top(s1, st["rerank"], lambda sub, cols: scoring.rerank_t2v(
-                self.model, sub, text.cls, feats[cols].float(), mask[cols], topk=st["rerank"], steps=steps,
-                seed=seed))
-        lap("rerank")
-        k = min(top, len(rows))
-        scores, cols = fused.topk(k, dim=1)
+        group = max(1, MAX_SCORED_ROWS // st["shortlist"])
+        for a in range(0, b, group):  # stage 2: Eq. 10 on each query's shortlist
+            sl = slice(a, min(a + group, b))
+            rows, member = stage.shortlist(q[sl], st["shortlist"], st["nprobe"])
+            lap("first_stage")
+            feats, weights, mask = part.rows(rows)  # features as stored: float16
+            feats, weights, mask = feats.to(self.device), weights.to(self.device), mask.to(self.device)
+            lap("read")
+            s1 = scoring.tokenwise(t[sl], tw[sl], tmask[sl], scoring.normalise(feats, mask), weights)
+            s1 = s1.masked_fill(~torch.from_numpy(member).to(self.device), float("-inf"))
+            vals, cols = s1.topk(min(keep, len(rows)), dim=1)
+            cand_rows[sl, :vals.shape[1]] = rows[cols.cpu().numpy()]
+            cand_s1[sl, :vals.shape[1]] = vals
+            lap("tokenwise")
+        fused = cand_s1.clone()
+        if k > 0:  # stage 3: the top k of each query, in evaluation's chunks and noise order
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            chunk = self.model.config["rerank"]["chunk_size"]
+            for a in range(0, b, chunk):
+                sl = slice(a, min(a + chunk, b))
+                top_rows, top_s = cand_rows[sl, :k], cand_s1[sl, :k]
+                ok = top_rows >= 0
+                cands = np.unique(top_rows[ok])
+                pos = torch.from_numpy(np.searchsorted(cands, np.where(ok, top_rows, cands[0]))).to(self.device)
+                sub = torch.full((top_rows.shape[0], len(cands)), float("-inf"), device=self.device)
+                sub.scatter_(1, pos, top_s)  # each row: its own top k, -inf elsewhere
+                feats, _, mask = part.rows(cands)
+                out = scoring.rerank_t2v(self.model, sub, text.cls[sl], feats.float().to(self.device),
+                                         mask.to(self.device), topk=k, steps=steps, seed=seed, generator=g,
+                                         chunk_size=chunk)
+                fused[sl, :k] = torch.where(torch.from_numpy(ok).to(self.device), out.gather(1, pos), top_s)
+            lap("rerank")
+        scores, order = fused.topk(min(top, keep), dim=1)
         out = []
-        for b in range(fused.shape[0]):
+        for i in range(b):
             hits = []
-            for rank, (c, sc) in enumerate(zip(cols[b].tolist(), scores[b].tolist()), start=1):
-                row = int(rows[c])
-                item = stage.part.item(row)
-                hits.append({"rank": rank, "row": row, "id": item["id"], "path": item.get("path"),
-                             "score": round(float(sc), 6), "stage1": round(float(s1[b, c]), 6),
+            for c, sc in zip(order[i].tolist(), scores[i].tolist()):
+                row = int(cand_rows[i, c])
+                if row < 0 or sc == float("-inf"):  # an approximate first stage found fewer items
+                    continue
+                item = part.item(row)
+                hits.append({"rank": len(hits) + 1, "row": row, "id": item["id"], "path": item.get("path"),
+                             "score": round(float(sc), 6), "stage1": round(float(cand_s1[i, c]), 6),
                              **({"captions": item["captions"]} if item.get("captions") else {})})
-            out.append({"direction": "t2v", "results": hits, "settings": st, "timing_ms": dict(timing)})
+            out.append({"direction": "t2v", "results": hits, "settings": st,
+                        "timing_ms": {k_: round(v, 2) for k_, v in timing.items()}})
         return out
 
     # ------------------------------------------------------------------ video -> text

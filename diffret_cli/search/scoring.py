@@ -90,15 +90,18 @@ def rerank_top(scores: torch.Tensor, topk: int, run) -> torch.Tensor:
 
 @torch.no_grad()
 def rerank_t2v(model, scores: torch.Tensor, text_cls: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor,
-               *, topk: int, steps: int | None, seed: int) -> torch.Tensor:
+               *, topk: int, steps: int | None, seed: int, generator: torch.Generator | None = None,
+               chunk_size: int | None = None) -> torch.Tensor:
     """Diffusion re-ranking (paper Eq. 13) of each row's top ``topk`` columns of
-    ``scores`` [B, K]: texts against the shortlisted videos ``frames`` [K,T,D]."""
+    ``scores`` [B, K]: texts against the videos ``frames`` [K,T,D]. The noise comes
+    from ``generator`` (a fresh one seeded with ``seed`` when None)."""
     r = model.config["rerank"]
     sampler = model.make_sampler(sample_steps=steps) if steps else model.make_sampler()
-    g = torch.Generator(device=scores.device).manual_seed(seed)
+    g = generator or torch.Generator(device=scores.device).manual_seed(seed)
     return rerank_direction(scores, direction="t2v", denoiser=model.denoiser_t2v, sampler=sampler,
                             text_cls=text_cls, video_frames=frames, video_mask=mask, topk=topk,
-                            alpha=r["alpha_t2v"], tau=r["tau_t2v"], chunk_size=r["chunk_size"], generator=g)
+                            alpha=r["alpha_t2v"], tau=r["tau_t2v"], chunk_size=chunk_size or r["chunk_size"],
+                            generator=g)
 
 
 @torch.no_grad()
