@@ -12,3 +12,15 @@ import torch
 
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test, restored after (training tests whose
+    recorded numbers depend on it; another test may have changed the count)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

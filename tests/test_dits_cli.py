@@ -26,12 +26,7 @@ SHRINK = ["dataset.options.num_train=16", "dataset.options.num_val=4", "dataset.
           "eval.splits=[train]"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ def data_root(tmp_path_factory) -> Path:
     return prepare_synthetic(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _records(run_dir: Path) -> list[dict]:
