@@ -38,7 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("diffret_cli.cli.cmd_convert", "convert", "Convert an official DiffusionRet best.pth."),
     "viz": ("diffret_cli.cli.cmd_viz", "viz", "Draw the paper's figures for a run (PNG files)."),
     "report": ("diffret_cli.cli.cmd_report", "report", "Write a self-contained HTML report of a run."),
-    "bench": ("diffret_cli.cli.cmd_bench", "bench", "Measure evaluation, stage-2 training and encoding speed."),
+    "bench": ("diffret_cli.cli.cmd_bench", "bench", "Measure evaluation, stage-2 training, encoding and search speed."),
     "index": ("diffret_cli.cli.cmd_index", "index", "Build a search index of your videos."),
     "search": ("diffret_cli.cli.cmd_search", "search", "Search an index with text (or a video)."),
     "serve": ("diffret_cli.cli.cmd_serve", "serve", "A local web page to search an index."),
