@@ -21,7 +21,7 @@ It asserts that all paths agree up to float32 rounding. Times are the fastest of
 ``--repeats`` runs; ``--clock cpu`` uses process CPU time, steadier on a busy machine.
 
     python bench/bench_ddim.py                       # CPU, and CUDA when available
-    python bench/bench_ddim.py --device cpu --repeats 5 --threads 1 --clock cpu
+    python bench/bench_ddim.py --device cpu --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -89,23 +89,29 @@ def make_inputs(direction: str, *, b: int, k: int, t: int, d: int, device: str, 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def timed(fn: Callable[[], object], *, device: str, repeats: int, clock: str = "wall") -> float:
-    """Fastest time in ms over ``repeats`` runs after one warm-up run (the minimum is
-    the least disturbed by other processes on a shared machine)."""
+def timed(fns: dict[str, Callable[[], object]], *, device: str, repeats: int, clock: str = "wall"
+          ) -> dict[str, float]:
+    """Fastest time in ms of each function over ``repeats`` rounds, after one warm-up round.
+
+    The functions run interleaved (round r runs each once), so a burst of load from other
+    processes hits the 1-step and 50-step runs alike instead of inflating one of them;
+    the minimum is the run least disturbed by them."""
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
     now = CLOCKS[clock]
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = now()
+    for fn in fns.values():
         fn()
-        sync()
-        times.append((now() - start) * 1e3)
-    return min(times)
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = now()
+            fn()
+            sync()
+            times[name].append((now() - start) * 1e3)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def gallery_indices(direction: str, text, video, mask):
@@ -162,14 +168,13 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
     assert step_diff <= step_tol, f"{direction}: a fast step differs from the naive forward by {step_diff:.2e}"
     assert sample_diff <= 1e-4, f"{direction}: fast and naive DDIM samples differ by {sample_diff:.2e}"
 
-    tm = dict(device=device, repeats=repeats, clock=clock)
-    row = {
-        "direction": direction, "device": device, "clock": clock,
-        "fast50_ms": timed(folded_all, **tm), "fast1_ms": timed(folded_one, **tm),
-        "explicit50_ms": timed(explicit_all, **tm), "explicit1_ms": timed(explicit_one, **tm),
-        "naive50_ms": timed(naive_all, **tm), "naive1_ms": timed(naive_one, **tm),
-        "step_diff": step_diff, "sample_diff": sample_diff,
-    }
+    tm = dict(device=device, clock=clock)
+    row = {"direction": direction, "device": device, "clock": clock,
+           "step_diff": step_diff, "sample_diff": sample_diff}
+    row.update(timed({"fast50_ms": folded_all, "fast1_ms": folded_one, "explicit50_ms": explicit_all,
+                      "explicit1_ms": explicit_one}, repeats=repeats, **tm))
+    # the naive loop takes seconds: fewer rounds
+    row.update(timed({"naive50_ms": naive_all, "naive1_ms": naive_one}, repeats=min(repeats, 2), **tm))
     row["ratio_50_over_1"] = row["fast50_ms"] / row["fast1_ms"]
     row["explicit_ratio_50_over_1"] = row["explicit50_ms"] / row["explicit1_ms"]
     row["speedup"] = row["naive50_ms"] / row["fast50_ms"]
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--frames", type=int, default=12, help="frames per video (T)")
     p.add_argument("--width", type=int, default=512, help="feature width (D)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (fastest kept)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per measurement (fastest kept)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 gives stable numbers on a busy machine)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",

@@ -11,12 +11,13 @@ for v2t -- and w = softmax_K(logits + x_t)):
 - Eq. 6's h = Wp(sum_k w_k Wv(p_k + c)) + bp is linear in sum_k w_k p_k (the weights
   sum to 1), and so is the decoder's first layer on it, W1_h h. With M = W1_h Wp Wv,
   W1_h h = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp): ``mv`` [B,K,2D] once per chunk and
-  ``u_table`` [S,2D] once per gallery;
+  ``neg_u_table`` [S,2D] (negated, see :func:`step`) once per gallery;
 - the decoder's candidate half, W1_c p_k, is step-invariant: ``dec`` [B,K,2D] (its bias
-  b1 joins ``u_table``).
+  b1 joins ``neg_u_table``).
 
-What remains per step: a lookup, a K-wide softmax, one [K] x [K,2D] product, the ReLU
-over [K,2D] and its dot with the last layer, per query. Candidate-only work (v2t: the
+What remains per step: a lookup, a K-wide softmax, one [K] x [K,2D] product, and one
+elementwise maximum over [K,2D] with its dot with the last layer, per query (the ReLU
+folded into the maximum, see :func:`step`). Candidate-only work (v2t: the
 texts' projections) is done once per gallery item, not once per (query, candidate); for
 t2v, when more (query, candidate) pairs will follow than the gallery has frames, each
 frame is projected once and the projections pooled per pair (pooling is linear).
@@ -90,7 +91,7 @@ def step_tables(den, n: int) -> dict[str, torch.Tensor]:
     m = w1_h @ (den.proj.weight @ wv)  # [2D,D]: M = W1_h Wp Wv
     tables = {
         # W1_h (Wp Wv c + bp) + b1 [S,2D]: the decoder's first bias rides with the query term
-        "u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h, b1),
+        "neg_u": F.linear(F.linear(cv, den.proj.weight, den.proj.bias), w1_h, b1).neg(),
         "qkc": (cq * ck).sum(-1),  # (Wq c).(Wk c) [S]
         "w1_c": w1_c, "m": m,
         "r": cq @ wk,  # Wk^T Wq c [S,D]: p . r_s = (Wq c).(Wk p)   (t2v)
@@ -163,41 +164,57 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
         table = table / math.sqrt(d)
     return DenoiserContext({
         "logit_table": table.permute(2, 0, 1).contiguous(),  # [S,B,K]: row s = the logits at step s
-        "u_table": tb["u"],
+        "neg_u_table": tb["neg_u"],
         "dec": dec,
         "mv": mv,
     }, state_shape=(b, k))
 
 
 #: queries per block of the per-step decoder on CPU: a block's [K,2D] tensors stay in
-#: cache across the three passes over them (add, ReLU, last layer); one block on GPU
+#: cache between the two passes over them (maximum, then the last layer); one block on GPU
 CPU_BLOCK = 16
 
 
+def _logits_at(c: dict, t: torch.Tensor, b: int) -> torch.Tensor:
+    """Row ``t[i]`` of query i's logits: one gather from the [S*B,K] view of the table
+    (the row indices are kept on the context: a fresh arange per step costs as much)."""
+    rows = c.get("_rows")
+    if rows is None or rows.device != t.device:
+        rows = c["_rows"] = torch.arange(b, device=t.device)
+    table = c["logit_table"]
+    return torch.index_select(table.view(-1, table.shape[-1]), 0, t * b + rows)
+
+
 def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
-    """One model call on a folded context: equals the explicit step within rounding."""
+    """One model call on a folded context: equals the explicit step within rounding.
+
+    The decoder's hidden layer is relu(a_k + u) with a_k = W1_c p_k (per candidate, fixed)
+    and u = W1_h h + b1 (per query and step). Since relu(a + u) = max(a, -u) + u,
+    w2 . relu(a_k + u) = w2 . max(a_k, -u) + w2 . u: the [B,K,2D] block is read by one
+    elementwise pass and one reduction per step instead of an add, a ReLU and a reduction
+    (these passes are the whole cost of a step; they are bound by memory bandwidth)."""
     c = ctx.tensors
     b = x_t.shape[0]
-    rows = torch.arange(b, device=x_t.device)
-    weight = torch.softmax(c["logit_table"][t, rows] + x_t, dim=-1)  # Eq. 5
-    u_c = c["u_table"][t].unsqueeze(1)  # [B,1,2D]
+    weight = torch.softmax(_logits_at(c, t, b) + x_t, dim=-1)  # Eq. 5
+    # -(W1_h h + b1) = -(sum_k w_k (M p_k) + W1_h (Wp Wv c + bp) + b1)  (Eq. 6 and the decoder's
+    # first layer), negated in the same product: the maximum below takes -u
+    neg_u_c = torch.index_select(c["neg_u_table"], 0, t).unsqueeze(1)  # [B,1,2D]
+    neg_u = torch.baddbmm(neg_u_c, weight.unsqueeze(1), c["mv"], alpha=-1)  # [B,1,2D]
     out = den.decoder[2]
-    block = b if x_t.device.type != "cpu" else CPU_BLOCK
-    scratch = None
-    if x_t.device.type == "cpu" and not torch.is_grad_enabled():
-        # one buffer for the [block,K,2D] pre-activations of every step: a fresh one per
+    w2 = out.weight[0]
+    per_query = torch.addmv(out.bias, neg_u.squeeze(1), w2, alpha=-1)  # w2 . u + b2 [B]
+    if x_t.device.type != "cpu" or torch.is_grad_enabled():
+        per_cand = torch.matmul(torch.maximum(c["dec"], neg_u), w2)  # w2 . max(a_k, -u) [B,K]
+    else:
+        # one scratch buffer for the [block,K,2D] maxima of every step: a fresh one per
         # step costs more than the step (the CPU allocator maps and faults in large blocks)
-        scratch = c.get("scratch")
+        scratch = c.get("_scratch")
         if scratch is None or scratch.dtype != c["dec"].dtype:
-            scratch = c["scratch"] = torch.empty((min(block, b),) + tuple(c["dec"].shape[1:]), dtype=c["dec"].dtype)
-    parts = []
-    for i in range(0, b, block):
-        j = slice(i, i + block)
-        # W1_h h + b1 = sum_k w_k (M p_k) + W1_h (Wp Wv c + bp) + b1  (Eq. 6 and the decoder's first layer)
-        u = torch.baddbmm(u_c[j], weight[j].unsqueeze(1), c["mv"][j])  # [b,1,2D]
-        if scratch is None:
-            hidden = c["dec"][j] + u
-        else:
-            hidden = torch.add(c["dec"][j], u, out=scratch[: u.shape[0]])
-        parts.append(F.linear(hidden.clamp_min_(0.0), out.weight, out.bias).squeeze(-1))
-    return (parts[0] if len(parts) == 1 else torch.cat(parts)) + weight
+            scratch = c["_scratch"] = torch.empty((min(CPU_BLOCK, b),) + tuple(c["dec"].shape[1:]),
+                                                  dtype=c["dec"].dtype)
+        per_cand = x_t.new_empty(x_t.shape)
+        for i in range(0, b, CPU_BLOCK):
+            j = slice(i, i + CPU_BLOCK)
+            top = torch.maximum(c["dec"][j], neg_u[j], out=scratch[: neg_u[j].shape[0]])
+            torch.matmul(top, w2, out=per_cand[j])
+    return per_cand.add_(per_query.unsqueeze(1)).add_(weight)
