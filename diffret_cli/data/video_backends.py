@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from diffret_cli.data.video_frames import (SCALER, BackendFailure, BackendResult, FrameSelector, SamplingPlan,
                                            VideoInfo, cw_rotation, display_size, grid_selector, middle_selector,
@@ -287,6 +288,10 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
         tb = float(stream.time_base)
         origin = stream.start_time
         geometry: dict[str, Any] = {}
+        # one scaler for the whole pass: frame.reformat builds a new swscale context for
+        # every frame object, which costs twice the scaling itself (1.8 against 0.5 ms a
+        # frame at 640x360); the output is the same
+        reformatter = VideoReformatter()
 
         def convert(frame) -> np.ndarray:
             # Scaled from YUV straight to the output size in one swscale call (the
@@ -298,7 +303,8 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
             if (frame.width, frame.height) == (w, h):
                 rgb = frame.to_ndarray(format="rgb24")
             else:
-                rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation=SCALER).to_ndarray()
+                rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24",
+                                           interpolation=SCALER).to_ndarray()
             if rot:
                 rgb = np.ascontiguousarray(np.rot90(rgb, k=(4 - rot // 90) % 4))
             return rgb
