@@ -124,7 +124,8 @@ def gallery_indices(direction: str, text, video, mask):
     return text.reshape(b * k, -1), video, mask, cand
 
 
-@torch.inference_mode()
+@torch.no_grad()  # as the re-ranker runs (inference_mode would make the weights inference
+# tensors, whose step tables the denoiser cannot cache: every call would rebuild them)
 def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: int, steps: int,
                     repeats: int, clock: str = "wall") -> dict:
     torch.manual_seed(0)
