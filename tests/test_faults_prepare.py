@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from io import StringIO
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from prepare_helpers import FakeVids, make_many, make_source, make_video
+from process_helpers import process_group, wait_for
 
 from diffret_cli.cli.main import cli, main
 from diffret_cli.data.framecache import FrameCache
@@ -44,35 +44,9 @@ def fakevids():
 
 
 # ----------------------------------------------------------------------------- kills
-def _group(pgid: int) -> dict[int, str]:
-    """Live (not zombie) processes of process group ``pgid``: pid -> command line."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                with open(f"/proc/{d}/cmdline", "rb") as fh:
-                    out[int(d)] = fh.read().replace(b"\0", b" ").decode(errors="replace")[:120]
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
 def _cli(src: Path, root: Path, *extra: str) -> list[str]:
     return [sys.executable, str(HELPERS), "data", "prepare", "fakevids", "--source", str(src), "--data-root",
             str(root), "--workers", "2", "--quiet", "--short-side", "16", "--option", "delay=0.3", *extra]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +65,20 @@ def test_killed_prepare_leaves_no_process_and_reruns_clean(tmp_path, many, sig, 
     proc = subprocess.Popen(_cli(many, root), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         if point == "workers-started":  # prepare, resource tracker, fork server, 2 workers
-            _wait_for(lambda: len(_group(proc.pid)) >= 5, 60, "the worker processes")
+            wait_for(lambda: len(process_group(proc.pid)) >= 5, 60, "the worker processes")
         else:
-            _wait_for(lambda: frames.is_dir() and len(list(frames.rglob("*.safetensors"))) >= 3, 60,
+            wait_for(lambda: frames.is_dir() and len(list(frames.rglob("*.safetensors"))) >= 3, 60,
                       "three cache files")
-        members = _group(proc.pid)
+        members = process_group(proc.pid)
         assert len(members) >= 4, members  # the pool is running: there is something to leak
         os.kill(proc.pid, sig)
         rc = proc.wait(timeout=30)
         assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (rc, (tmp_path / "killed.log").read_text())
         # every process the killed run started is gone within a few watchdog periods
-        _wait_for(lambda: not (set(_group(proc.pid)) & set(members)), 10,
-                  f"processes of the killed run to exit (left: {_group(proc.pid)})")
+        wait_for(lambda: not (set(process_group(proc.pid)) & set(members)), 10,
+                 f"processes of the killed run to exit (left: {process_group(proc.pid)})")
     finally:
-        for pid in _group(proc.pid):  # never leave a stray process behind, even on failure
+        for pid in process_group(proc.pid):  # never leave a stray process behind, even on failure
             os.kill(pid, signal.SIGKILL)
         log.close()
     if sig == signal.SIGTERM:

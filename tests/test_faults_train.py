@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ import yaml
 from diffret_cli.checkpoint import load_tensors
 from diffret_cli.fileio import is_temp_name
 from diffret_cli.training import load_training_state
+from process_helpers import process_group, wait_for
 from train_helpers import REPO, prepare_synthetic, tiny_recipe
 
 HELPER = Path(__file__).parent / "train_fault_helper.py"
@@ -75,31 +75,6 @@ def _output(proc) -> str:
     return proc.log_path.read_text()[-4000:]
 
 
-def _group(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                out.append(int(d))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
-def _wait_for(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -122,19 +97,20 @@ def _end(proc, sig: int) -> str:
     try:
         rc = proc.wait(timeout=TIMEOUT_S)
     finally:
-        for pid in _group(proc.pid):  # never leave a stray process behind, even on failure
+        for pid in process_group(proc.pid):  # never leave a stray process behind, even on failure
             if pid != proc.pid:
                 os.kill(pid, signal.SIGKILL)
     out = _output(proc)
     expected = -signal.SIGKILL if sig == signal.SIGKILL else 130
     assert rc == expected, (rc, out)
-    _wait_for(lambda: not _group(proc.pid), 20, f"the processes of the killed run to exit ({_group(proc.pid)})")
+    wait_for(lambda: not process_group(proc.pid), 20,
+             f"the processes of the killed run to exit ({process_group(proc.pid)})")
     return out
 
 
 def _kill_when(proc, sig: int, cond, what: str) -> str:
     try:
-        _wait_for(lambda: cond() or proc.poll() is not None, TIMEOUT_S, what)
+        wait_for(lambda: cond() or proc.poll() is not None, TIMEOUT_S, what)
         assert proc.poll() is None, f"the run ended before {what}: {_output(proc)}"
         os.kill(proc.pid, sig)
     except BaseException:
@@ -180,7 +156,7 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(setup):
 
     # 1. stage 1, mid-epoch, its frame-loading worker running
     proc = _start(recipe, data_root, run)
-    _kill_when(proc, signal.SIGKILL, lambda: _logged(run, 1, 3) and len(_group(proc.pid)) >= 2,
+    _kill_when(proc, signal.SIGKILL, lambda: _logged(run, 1, 3) and len(process_group(proc.pid)) >= 2,
                "stage-1 step 3 with the loader worker running")
     assert _resume_point(run)["stage"] == 1
 

@@ -24,7 +24,7 @@ from prepare_helpers import FakeVids, make_many
 from diffret_cli.data import video_backends
 from diffret_cli.data.prepare import prepare
 from diffret_cli.data.video import DECORD_GOP_SHARE, available_backends, decode_sampled
-from diffret_cli.data.video_backends import packet_plan
+from diffret_cli.data.packet_plan import packet_plan
 from diffret_cli.data.video_frames import SamplingPlan
 from diffret_cli.registry import registry
 

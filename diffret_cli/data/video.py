@@ -37,8 +37,8 @@ import numpy as np
 import PIL
 
 from diffret_cli.data import video_backends
-from diffret_cli.data.video_backends import (decode_decord, decode_pyav, decord_module, packet_plan,
-                                             probe_decord, probe_pyav)
+from diffret_cli.data.packet_plan import packet_plan
+from diffret_cli.data.video_backends import decode_decord, decode_pyav, decord_module, probe_decord, probe_pyav
 from diffret_cli.data.video_frames import (SCALER, BackendFailure, BackendResult, DecodedVideo, SamplingPlan,
                                            VideoInfo, thin_indices)
 from diffret_cli.errors import ConfigError, DecodeError

@@ -1,7 +1,8 @@
 """The two decoding backends behind :func:`diffret_cli.data.video.decode_sampled`.
 
 PyAV decodes sequentially, keeping only the frames the plan selects (and, for H.264/
-HEVC, not decoding the non-reference frames it does not select: :func:`packet_plan`);
+HEVC, not decoding the non-reference frames it does not select, as
+:func:`diffret_cli.data.packet_plan.packet_plan` plans);
 decord reads its timestamp table and then only the chosen frames by index. Both end in
 the same selection routine (:mod:`diffret_cli.data.video_frames`), so where both can
 read a file they return the same frames, scaled in the decoder from YUV by FFmpeg.
@@ -21,6 +22,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from diffret_cli.data.packet_plan import PacketPlan, packet_plan
+from diffret_cli.data.pyav_stream import StreamHeader, first_rotation, open_video_stream, stream_header
 from diffret_cli.data.video_frames import (SCALER, BackendFailure, BackendResult, FrameSelector, SamplingPlan,
                                            VideoInfo, cw_rotation, display_size, grid_selector, middle_selector,
                                            output_size, resize_rgb)
@@ -35,12 +38,6 @@ _REORDER_WINDOW = 16
 
 # Stop decoding after this many consecutive packets fail: the rest is not video data.
 _MAX_CONSECUTIVE_ERRORS = 32
-
-
-# Codecs whose decoders honour skip_frame=NONREF and whose packets carry one picture
-# each, stamped with its presentation time: for these the frames nobody picks and no
-# other frame refers to are not decoded at all (see packet_plan).
-_SKIP_CODECS = frozenset({"h264", "hevc"})
 
 
 # Frames per decord get_batch call: bounds the frames held at once (8 x 1080p RGB =
@@ -64,73 +61,7 @@ def decord_module() -> Any | None:
     return decord
 
 
-def _parse_hms(text: str) -> float | None:
-    """'00:00:10.333000000' (Matroska DURATION tag) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*", text or "")
-    if not m:
-        return None
-    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
-
-
-@dataclass
-class _Header:
-    """What the container header says about the video stream (PyAV, no decoding)."""
-
-    codec: str
-    width: int
-    height: int
-    nominal_fps: float
-    frames: int | None
-    expected_end: float | None  # seconds, header's idea of the video's end
-    expected_tol: float  # how far short of it a stream may end before it is "partial"
-    declared_end: float | None = None  # frames / nominal fps: what the frame count declares
-
-
-def _open_pyav(path: Path):
-    """Open ``path`` with PyAV: (container, video stream), or a DecodeError saying why."""
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise DecodeError(
-            f"cannot open video {path}: {exc.strerror or exc}",
-            hint="the file is damaged, truncated or not a video (an MP4 cut short loses "
-                 "its index, which is written at the end); download or re-encode it again"
-        ) from exc
-    if not container.streams.video:
-        found = ", ".join(f"{s.type}:{getattr(s.codec_context, 'name', '?')}"
-                          for s in container.streams) or "none"
-        container.close()
-        raise DecodeError(f"no video stream in {path} (streams: {found})",
-                          hint="this file holds no pictures; replace it with the video")
-    return container, container.streams.video[0]
-
-
-def _header(container, stream) -> _Header:
-    cc = stream.codec_context
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    fps = float(rate) if rate else 0.0
-    end, tol = None, 0.0
-    if stream.duration and stream.time_base:
-        end = float(stream.duration * stream.time_base)
-        tol = max(0.5, 2.5 / fps if fps else 0.5)
-    elif _parse_hms(stream.metadata.get("DURATION", "")) is not None:
-        end = _parse_hms(stream.metadata["DURATION"])
-        tol = max(0.5, 2.5 / fps if fps else 0.5)
-    elif container.duration:
-        # container duration includes audio, which may outlast the picture: be lenient
-        end = container.duration / 1_000_000
-        tol = max(1.0, 0.05 * end)
-    frames = stream.frames or None
-    # A truncated AVI keeps its header: 164 frames declared, a stream duration computed
-    # from the few packets left. The declared count is the better witness of the length.
-    declared = frames / fps if frames and fps else None
-    return _Header(codec=cc.name, width=stream.width or cc.width,
-                   height=stream.height or cc.height, nominal_fps=fps, frames=frames, expected_end=end,
-                   expected_tol=tol if end is not None else max(0.5, 2.5 / fps if fps else 0.5),
-                   declared_end=declared)
-
-
-def _shortfall(header: _Header, coverage_end: float, wanted_end: float, decoded: int | None) -> str | None:
+def _shortfall(header: StreamHeader, coverage_end: float, wanted_end: float, decoded: int | None) -> str | None:
     """A warning when the stream ends well before the header (or clip end) says: by its
     duration, or by its declared frame count at the nominal rate."""
     ends = [e for e in (header.expected_end, header.declared_end) if e is not None]
@@ -148,24 +79,12 @@ def _shortfall(header: _Header, coverage_end: float, wanted_end: float, decoded:
     return f"frames end at {coverage_end:.2f} s{got} but {said}: the file is probably truncated"
 
 
-def _pyav_first_rotation(container, stream) -> int:
-    """Clockwise rotation from the first decodable frame (PyAV 18 exposes the display
-    matrix on frames only). 0 when nothing decodes."""
-    try:
-        for packet in container.demux(stream):
-            for frame in packet.decode():
-                return cw_rotation(frame.rotation)
-    except av.FFmpegError:
-        pass
-    return 0
-
-
 @dataclass
 class _Pass:
     """Outcome of one sequential PyAV pass."""
 
     selector: FrameSelector
-    header: _Header
+    header: StreamHeader
     geometry: dict[str, Any]  # rotation, display width/height, output size (first frame)
     count: int  # frames in the stream when read to the end, else those decoded before the stop
     partial: bool
@@ -173,101 +92,6 @@ class _Pass:
     coverage_end: float | None  # end of the last frame; None when stopped at the clip end
     decoded: int = 0  # pictures the decoder produced (fewer than count when some were skipped)
     clean: bool = True  # no packet failed and the demuxer read to the end
-
-
-@dataclass
-class PacketPlan:
-    """What a demux-only pass says a PyAV decoding pass will pick (:func:`packet_plan`)."""
-
-    count: int  # video packets, one picture each
-    picks: list[float]  # timestamps the selector will pick
-    wanted: set[int]  # pts of the packets to decode in full: the picks and the last frame
-    # Share of the packets up to the last pick (in decode order) that lie in GOPs holding
-    # no pick: what seeking from keyframe to keyframe, as decord does, would not decode.
-    gop_skippable: float = 0.0
-
-
-def packet_plan(path: Path, plan: SamplingPlan,
-                make_selector: Callable[[Callable], FrameSelector] | None = None) -> PacketPlan | None:
-    """Run the selector over packet timestamps, without decoding: which frames it will pick.
-
-    Non-reference frames (most B-frames: about half of an H.264 stream) can then be
-    skipped by the decoder, except the picked ones: nothing refers to them, so every
-    other picture decodes exactly as in a full pass. Picking the nearest frame from
-    a subset that holds the overall nearest gives the same picks, and the decoding pass
-    checks that it did. None when the stream does not allow it: another codec, a packet
-    without a timestamp, two packets with one timestamp, or a demux error.
-    ``make_selector`` defaults to the sampling grid of ``plan``.
-    """
-    make_selector = make_selector or (lambda conv: grid_selector(plan, conv))
-    try:
-        container, stream = _open_pyav(path)
-    except DecodeError:
-        return None
-    try:
-        if stream.codec_context.name not in _SKIP_CODECS or stream.start_time is None:
-            return None
-        fps = _header(container, stream).nominal_fps
-        default_dur = 1.0 / fps if fps else 0.04  # as in _pyav_pass
-        tb, origin = float(stream.time_base), stream.start_time
-        if plan.start > 0:  # where the decoding pass starts too
-            try:
-                container.seek(int(plan.start / tb) + origin, stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError:
-                container.seek(0)
-        packets: list[tuple[int, float, bool]] = []  # decode order: (pts, duration in s, keyframe)
-        cut = False  # stopped reading at the second keyframe past the clip end
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the flush packet at the end
-            if packet.pts is None:
-                return None
-            if packet.is_keyframe and (packet.pts - origin) * tb > plan.end:
-                if cut:
-                    break
-                cut = True  # frames shown before it may still follow in decode order
-            packets.append((packet.pts, packet.duration * tb if packet.duration else default_dur,
-                            bool(packet.is_keyframe)))
-        else:
-            cut = False
-    except av.FFmpegError:
-        return None
-    finally:
-        container.close()
-    stamps = sorted(packets)  # display order
-    if not stamps or any(a[0] == b[0] for a, b in zip(stamps, stamps[1:])):
-        return None
-    selector = make_selector(lambda pts: pts)
-    stopped = False
-    for seq, (pts, _, _) in enumerate(stamps):
-        ts = (pts - origin) * tb  # the same arithmetic as the decoding pass
-        selector.feed(ts, seq, pts)
-        if selector.done() and ts >= plan.end:
-            stopped = True
-            break
-    if not stopped:
-        if cut:  # the selector wanted more than was read: no plan rather than a wrong one
-            return None
-        last_pts, last_dur, _ = stamps[-1]
-        selector.finish((last_pts - origin) * tb + last_dur)
-    picked = {p[2] for p in selector.picks}
-    return PacketPlan(count=len(stamps), picks=[p[0] for p in selector.picks],
-                      wanted=picked | {stamps[-1][0]}, gop_skippable=_gop_skippable(packets, picked))
-
-
-def _gop_skippable(packets: list[tuple[int, float, bool]], picked: set[int]) -> float:
-    last = max((i for i, p in enumerate(packets) if p[0] in picked), default=-1)
-    if last < 0:
-        return 0.0
-    skippable = run = 0
-    has_pick = False
-    for i, (pts, _, key) in enumerate(packets[:last + 1]):
-        if key and i:  # a GOP ends
-            skippable += 0 if has_pick else run
-            run, has_pick = 0, False
-        run += 1
-        has_pick = has_pick or pts in picked
-    return skippable / (last + 1)  # the GOP holding the last pick is never skipped
 
 
 def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
@@ -280,9 +104,9 @@ def _pyav_pass(path: Path, plan: SamplingPlan, short_side: int | None,
     keyframe) and the result is marked partial. With ``skip_plan``, only the packets it
     wants and those other frames refer to are decoded (skip_frame=NONREF).
     """
-    container, stream = _open_pyav(path)
+    container, stream = open_video_stream(path)
     try:
-        header = _header(container, stream)
+        header = stream_header(container, stream)
         stream.thread_type = "AUTO"  # frame + slice threads; output order is unchanged
         stream.codec_context.thread_count = threads  # 0: FFmpeg's choice (one per core)
         tb = float(stream.time_base)
@@ -584,9 +408,9 @@ def _short(exc: BaseException) -> str:
 
 
 def probe_pyav(path: Path) -> VideoInfo:
-    container, stream = _open_pyav(path)
+    container, stream = open_video_stream(path)
     try:
-        header = _header(container, stream)
+        header = stream_header(container, stream)
         tb = float(stream.time_base)
         origin = stream.start_time
         rotation = None
@@ -623,9 +447,9 @@ def probe_pyav(path: Path) -> VideoInfo:
 
 def _pyav_header_and_rotation(path: Path):
     """Stream header facts and display rotation, read with PyAV (decord reports neither)."""
-    container, stream = _open_pyav(path)
+    container, stream = open_video_stream(path)
     try:
-        return _header(container, stream), _pyav_first_rotation(container, stream)
+        return stream_header(container, stream), first_rotation(container, stream)
     finally:
         container.close()
 
