@@ -115,6 +115,20 @@ def test_sigterm_is_handled_like_ctrl_c():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 130, res.stderr
     assert "cleanup ran" in res.stdout and "aborted (SIGTERM)" in res.stderr and "Traceback" not in res.stderr
+    assert "--resume" not in res.stderr  # only commands that resume say how to continue
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--recipe", "quickstart"], "--resume"),
+    (["data", "prepare", "msvd"], "videos already prepared are kept"),
+    (["index", "build", "--videos", "v"], "chunks already encoded are kept"),
+    (["data", "verify", "msvd"], None),
+    (["serve", "idx"], None),
+    (["eval", "runs/x"], None),
+])
+def test_interrupted_commands_say_how_to_continue_only_when_they_resume(argv, hint):
+    text = main_mod._how_to_continue(argv)
+    assert (hint in text) if hint else text == ""
 
 
 # ---------------------------------------------------------------- damaged checkpoint files

@@ -392,3 +392,16 @@ def test_a_resume_sweeps_what_a_killed_save_left(tmp_path, data_root):
     train(recipe, run_dir=run, data_root=data_root, progress=False, resume=True, stages=[1])
     assert not leftover.exists()
     assert load_training_state(run)["global_step"] == 4
+
+
+@pytest.mark.parametrize("cores, world, workers, expected", [
+    (16, 1, 0, None),  # alone on the machine: torch's default, every core
+    (16, 1, 4, 12),  # the loader workers keep their cores
+    (16, 4, 0, 4),  # four CPU ranks share the cores (gloo DDP), with or without workers
+    (16, 4, 2, 2),
+    (2, 2, 4, 1),  # never below one
+])
+def test_intra_op_threads_share_the_cores(cores, world, workers, expected):
+    from diffret_cli.training.run import intra_op_threads
+
+    assert intra_op_threads(cores, world, workers) == expected

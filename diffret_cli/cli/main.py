@@ -152,6 +152,19 @@ def torch_oom_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
+#: What continues an interrupted command, for those that resume (the others just stopped).
+_CONTINUE = {
+    ("train",): "; continue the run with the same command plus --resume (and its --run-dir)",
+    ("data", "prepare"): "; run the same command again: the videos already prepared are kept",
+    ("index", "build"): "; run the same command again: the chunks already encoded are kept",
+}
+
+
+def _how_to_continue(argv: list[str]) -> str:
+    words = tuple(a for a in argv if not a.startswith("-"))
+    return next((hint for command, hint in _CONTINUE.items() if words[:len(command)] == command), "")
+
+
 def main(argv: list[str] | None = None) -> None:
     debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     # SIGTERM cleans up like Ctrl-C (a handler can only be set from the main thread)
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         # same way: every cleanup has run, exit code 130
         cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
         how = " (SIGTERM)" if isinstance(cause, Terminated) else ""
-        click.echo(f"aborted{how}: stopped cleanly; a training run continues with --resume", err=True)
+        click.echo(f"aborted{how}: stopped cleanly{_how_to_continue(argv)}", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

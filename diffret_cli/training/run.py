@@ -104,6 +104,16 @@ def check_pairs(recipe: dict, data, stages: list[int]) -> None:
         data.split(recipe["dataset"]["val_split"])
 
 
+def intra_op_threads(cores: int, world_size: int, num_workers: int) -> int | None:
+    """torch's intra-op threads for one CPU training process, or None to keep torch's
+    default (every core): the cores are shared by ``world_size`` processes on the machine,
+    each also running ``num_workers`` loader workers. Oversubscribed intra-op threads
+    make small CPU models ten times slower."""
+    if world_size <= 1 and num_workers <= 0:
+        return None  # the process has the machine to itself
+    return max(1, cores // max(1, world_size) - num_workers)
+
+
 def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None = None, resume: bool = False,
           stages: list[int] | None = None, progress: bool = True, stop_after_steps: int | None = None) -> Path:
     """Train ``recipe`` into ``run_dir`` (default: a fresh ``runs/<name>-<timestamp>``);
@@ -146,10 +156,9 @@ def train(recipe: dict, *, run_dir: Path | None = None, data_root: Path | None =
             from diffret_cli.data.manifest import PreparedDataset
 
             data = PreparedDataset.open(data_root, recipe["dataset"]["name"])
-        if device.type == "cpu" and tr["num_workers"] > 0 and "OMP_NUM_THREADS" not in os.environ:
-            # leave the loader workers their cores: oversubscribed intra-op threads make
-            # small CPU models ten times slower
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size - tr["num_workers"]))
+        threads = intra_op_threads(os.cpu_count() or 1, dist.world_size, tr["num_workers"])
+        if device.type == "cpu" and threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(threads)
         torch.set_rng_state(rng)
         return _run(recipe, family, model, run_dir=run_dir, data=data, device=device, precision=precision, dist=dist,
                     state=state, stages=stages, progress=progress, stop_after_steps=stop_after_steps)
