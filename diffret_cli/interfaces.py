@@ -115,6 +115,11 @@ class Denoiser(nn.Module, ConfigurablePlugin, ABC):
 
     direction: ClassVar[str]
     width: int
+    #: True when ``forward`` (and ``forward_indexed``, if the denoiser has it) take
+    #: ``candidate_mask`` [B,K] bool: slots that are False take no part in any softmax over
+    #: the candidates, as if the row had only its True slots. Training passes it for the
+    #: rows that exclusive hard negatives pad (``stage2.hard_negatives: exclusive``).
+    masks_candidates: ClassVar[bool] = False
 
     @abstractmethod
     def prepare(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor) -> DenoiserContext:

@@ -52,13 +52,16 @@ def generation_loss(denoiser, coef: DiffusionCoefficients, *, text, video, video
                     negative_value: float = 0.0,
                     candidate_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise the one-hot target to x_t (Ho et al. Eq. 4), predict x0, score it
-    (``candidate_mask``: see :func:`generation_loss_from_output`).
+    (``candidate_mask``: see :func:`generation_loss_from_output`; a denoiser whose
+    ``masks_candidates`` is True also leaves the masked slots out of its attention).
 
     Returns (loss, x0_hat)."""
     x0 = one_hot_target(noise.shape[0], noise.shape[1], negative_value=negative_value,
                         device=noise.device).to(noise.dtype)
     x_t = coef.q_sample(x0, t, noise)
-    x0_hat = denoiser(x_t, t, text, video, video_mask)
+    masked = candidate_mask is not None and getattr(denoiser, "masks_candidates", False)
+    x0_hat = (denoiser(x_t, t, text, video, video_mask, candidate_mask=candidate_mask) if masked
+              else denoiser(x_t, t, text, video, video_mask))
     return (generation_loss_from_output(x0_hat, x0, kind=kind, temp=temp, candidate_mask=candidate_mask),
             x0_hat)
 
@@ -79,8 +82,10 @@ def generation_loss_indexed(denoiser, coef: DiffusionCoefficients, *, text, vide
     x0 = one_hot_target(noise.shape[0], noise.shape[1], negative_value=negative_value,
                         device=noise.device).to(noise.dtype)
     x_t = coef.q_sample(x0, t, noise)
+    masked = candidate_mask is not None and getattr(denoiser, "masks_candidates", False)
     x0_hat = denoiser.forward_indexed(x_t, t, text=text, video=video, video_mask=video_mask,
-                                      query_index=query_index, cand_index=cand_index)
+                                      query_index=query_index, cand_index=cand_index,
+                                      **({"candidate_mask": candidate_mask} if masked else {}))
     return (generation_loss_from_output(x0_hat, x0, kind=kind, temp=temp, candidate_mask=candidate_mask),
             x0_hat)
 

@@ -229,6 +229,45 @@ def test_generation_loss_indexed_equals_gathered_loss(direction):
         assert float((x - y).abs().max()) <= 1e-4 * norm
 
 
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_masked_candidates_take_no_part_in_the_attention(direction):
+    """Padding slots (exclusive hard negatives of a short row) are left out of Eq. 5's
+    softmax: what they hold changes nothing at the real slots, in both training paths,
+    and an all-True mask is no mask."""
+    den = denoiser(direction, dtype=torch.float64).train()
+    text, video, mask, qi, ci, x, t = indexed_case(direction, torch.float64, k=10)
+    valid = torch.ones_like(ci, dtype=torch.bool)
+    valid[1, 6:] = False
+    valid[4, 2:] = False
+    nc = 8 if direction == "t2v" else 9
+    other = torch.where(valid, ci, (ci + 3) % nc)  # other items in the padding slots
+    assert not torch.equal(other, ci)
+
+    def both(cand, cand_mask):
+        a = den(x, t, *gathered(direction, text, video, mask, qi, cand), candidate_mask=cand_mask)
+        b = den.forward_indexed(x, t, text=text, video=video, video_mask=mask, query_index=qi,
+                                cand_index=cand, candidate_mask=cand_mask)
+        close(a, b, 1e-11)
+        return a
+
+    masked, moved = both(ci, valid), both(other, valid)
+    close(masked[valid], moved[valid], 1e-11)
+    plain = both(ci, None)
+    assert float((masked[valid] - plain[valid]).detach().abs().max()) > 1e-6  # the padding mattered before
+    close(both(ci, torch.ones_like(valid)), plain, 1e-12)
+    xg = x.clone().requires_grad_(True)
+    out = den(xg, t, *gathered(direction, text, video, mask, qi, ci), candidate_mask=valid)
+    (grad,) = torch.autograd.grad(out[valid].sum(), xg)
+    assert torch.equal(grad[~valid], torch.zeros_like(grad[~valid]))  # no path from a padding slot
+    # and so the training loss does not depend on what the padding slots hold
+    coef = DiffusionCoefficients.from_betas(create("schedules", "cosine", num_steps=50).betas())
+    noise = torch.randn(ci.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    losses = [generation_loss_indexed(den, coef, text=text, video=video, video_mask=mask, query_index=qi,
+                                      cand_index=cand, t=t, noise=noise, candidate_mask=valid)[0]
+              for cand in (ci, other)]
+    assert float(losses[0].detach()) == pytest.approx(float(losses[1].detach()), rel=1e-12)
+
+
 # ---------------------------------------------------------------------- similarity
 def similarity_case(seed=0, words=9, frames=4):
     g = torch.Generator().manual_seed(seed)

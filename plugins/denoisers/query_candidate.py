@@ -34,6 +34,7 @@ from torch import nn
 from diffret_cli.sdk import Denoiser, DenoiserContext
 from diffret_plugins.denoisers import query_candidate_indexed as indexed
 from diffret_plugins.denoisers import query_candidate_sampling as sampling
+from diffret_plugins.denoisers.query_candidate_indexed import candidate_softmax
 
 
 def sinusoidal_table(length: int, width: int) -> torch.Tensor:
@@ -59,6 +60,8 @@ class TimestepEmbedder(nn.Module):
 
 
 class _QueryCandidateDenoiser(Denoiser):
+    masks_candidates = True
+
     def __init__(self, *, width: int = 512, temp: float = 1.0, max_steps: int = 5000,
                  renormalize_frames: bool = False, scale_logits: bool = False):
         super().__init__()
@@ -104,11 +107,21 @@ class _QueryCandidateDenoiser(Denoiser):
         w1 = self.decoder[0].weight
         return w1[:, : self.width], w1[:, self.width:], self.decoder[0].bias
 
-    def _finish(self, x_t, cond, q, k_c, v_c, dec_c) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
+                video_mask: torch.Tensor, candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``step(prepare(...))``; ``candidate_mask`` [B,K] bool leaves the False slots out of
+        Eq. 5's softmax (padding slots of a training row)."""
+        ctx = self.prepare(text, video, video_mask)
+        if candidate_mask is not None:
+            ctx.tensors["candidate_mask"] = candidate_mask
+        return self.step(x_t, t, ctx)
+
+    def _finish(self, x_t, cond, q, k_c, v_c, dec_c, candidate_mask=None) -> torch.Tensor:
         """Eq. 5-6 and the decoder, given step-invariant parts of the candidates.
 
         q [B,D] or [B,K,D]: the query projection including cond; k_c, v_c [B,K,D]: the
-        candidate projections without cond; dec_c [B,K,2D]: W1_c c + b1.
+        candidate projections without cond; dec_c [B,K,2D]: W1_c c + b1; candidate_mask
+        [B,K] bool or None: the slots Eq. 5's softmax runs over.
         """
         k = k_c + F.linear(cond, self.k_proj.weight).unsqueeze(1)
         val = v_c + F.linear(cond, self.v_proj.weight).unsqueeze(1)
@@ -118,7 +131,7 @@ class _QueryCandidateDenoiser(Denoiser):
             logits = (q * k).sum(-1)
         if self.scale_logits:
             logits = logits / math.sqrt(self.width)
-        weight = torch.softmax(logits + x_t, dim=-1)
+        weight = candidate_softmax(logits + x_t, candidate_mask)
         h = self.proj(torch.bmm(weight.unsqueeze(1), val).squeeze(1))
         w1_h, _, _ = self.decoder_split()
         hidden = torch.relu(dec_c + F.linear(h, w1_h).unsqueeze(1))
@@ -143,18 +156,19 @@ class _QueryCandidateDenoiser(Denoiser):
         return sampling.prepare_chunk(self, gallery, query_index, cand_index)
 
     def forward_indexed(self, x_t: torch.Tensor, t: torch.Tensor, *, text: torch.Tensor, video: torch.Tensor,
-                        video_mask: torch.Tensor, query_index: torch.Tensor,
-                        cand_index: torch.Tensor) -> torch.Tensor:
+                        video_mask: torch.Tensor, query_index: torch.Tensor, cand_index: torch.Tensor,
+                        candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x0_hat [B,K] from unique features and indices (stage-2 training).
 
         ``text`` [N,D], ``video`` [M,T,D], ``video_mask`` [M,T]; ``query_index`` [B] rows of
         the query modality, ``cand_index`` [B,K] rows of the candidates'. Equals ``forward``
         on the gathered features (t2v: ``text[query_index]``, ``video[cand_index]``; v2t:
         ``text[cand_index]``, ``video[query_index]``) in value and gradient, within float32
-        rounding, but projects each unique frame/text once instead of B x K times."""
+        rounding, but projects each unique frame/text once instead of B x K times.
+        ``candidate_mask``: as in :meth:`forward`."""
         fn = indexed.forward_t2v if self.direction == "t2v" else indexed.forward_v2t
         return fn(self, x_t, t, text=text, video=video, video_mask=video_mask, query_index=query_index,
-                  cand_index=cand_index)
+                  cand_index=cand_index, candidate_mask=candidate_mask)
 
     def step(self, x_t, t, ctx) -> torch.Tensor:
         if sampling.is_folded(ctx):
@@ -183,7 +197,7 @@ class TextToVideoDenoiser(_QueryCandidateDenoiser):
         c = ctx.tensors
         cond = self.embed_timestep(t)
         q = c["q_text"] + F.linear(cond, self.q_proj.weight)
-        return self._finish(x_t, cond, q, c["k_c"], c["v_c"], c["dec_c"])
+        return self._finish(x_t, cond, q, c["k_c"], c["v_c"], c["dec_c"], c.get("candidate_mask"))
 
 
 class VideoToTextDenoiser(_QueryCandidateDenoiser):
@@ -210,4 +224,4 @@ class VideoToTextDenoiser(_QueryCandidateDenoiser):
         c = ctx.tensors
         cond = self.embed_timestep(t)
         q = c["q_video"] + F.linear(cond, self.q_proj.weight).unsqueeze(1)
-        return self._finish(x_t, cond, q, c["k_c"], c["v_c"], c["dec_c"])
+        return self._finish(x_t, cond, q, c["k_c"], c["v_c"], c["dec_c"], c.get("candidate_mask"))

@@ -29,6 +29,14 @@ import torch
 import torch.nn.functional as F
 
 
+def candidate_softmax(logits: torch.Tensor, candidate_mask: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 5's softmax over the K candidates (last dim), over the True slots of
+    ``candidate_mask`` only (a masked slot gets weight 0 and no gradient)."""
+    if candidate_mask is not None:
+        logits = logits.masked_fill(~candidate_mask, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
 def _logit_scale(den, logits):
     return logits / math.sqrt(den.width) if den.scale_logits else logits
 
@@ -39,14 +47,14 @@ def _gather_pairs(x: torch.Tensor, cand_index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx)
 
 
-def _decode(den, x_t, logits, val_sum, dec_items, cand_index):
+def _decode(den, x_t, logits, val_sum, dec_items, cand_index, candidate_mask=None):
     """Eq. 5's softmax (given the weighted sum it feeds), Eq. 6 and the decoder.
 
     ``dec_items`` [B,M,2D] is W1_c p for every (query, unique item) pair. When there are
     no more items than candidate slots (training: M = K), the decoder runs on the pairs
     and its [B,M] output is gathered, so no [B,K,2D] tensor is gathered (nor scattered
     back in the backward pass); otherwise the pairs are gathered first."""
-    weight = torch.softmax(_logit_scale(den, logits) + x_t, dim=-1)
+    weight = candidate_softmax(_logit_scale(den, logits) + x_t, candidate_mask)
     h = den.proj(val_sum(weight))
     w1_h, _, b1 = den.decoder_split()
     u = F.linear(h, w1_h, b1).unsqueeze(1)  # W1_h h + b1, shared by a query's candidates
@@ -58,7 +66,7 @@ def _decode(den, x_t, logits, val_sum, dec_items, cand_index):
     return out + weight
 
 
-def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index):
+def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index, candidate_mask=None):
     b, k = cand_index.shape
     m, nf, d = video.shape
     cond = den.embed_timestep(t)  # [B,D]
@@ -81,10 +89,10 @@ def forward_t2v(den, x_t, t, *, text, video, video_mask, query_index, cand_index
     # decoder half: W1_c pooled = sum_t a[b,m,t] (W1_c f[m,t]); frames projected once
     frames_dec = F.linear(video, w1_c)  # [M,T,2D]
     dec_items = torch.bmm(attn.transpose(0, 1), frames_dec).transpose(0, 1)  # [B,M,2D]
-    return _decode(den, x_t, logits, val_sum, dec_items, cand_index)
+    return _decode(den, x_t, logits, val_sum, dec_items, cand_index, candidate_mask)
 
 
-def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index):
+def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index, candidate_mask=None):
     b, k = cand_index.shape
     n, d = text.shape
     cond = den.embed_timestep(t)  # [B,D]
@@ -110,4 +118,4 @@ def forward_v2t(den, x_t, t, *, text, video, video_mask, query_index, cand_index
         return F.linear(per_text @ text + cond, wv)
 
     dec_items = F.linear(text, w1_c).unsqueeze(0).expand(b, -1, -1)  # texts projected once [B,N,2D]
-    return _decode(den, x_t, logits, val_sum, dec_items, cand_index)
+    return _decode(den, x_t, logits, val_sum, dec_items, cand_index, candidate_mask)
