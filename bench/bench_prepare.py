@@ -29,11 +29,13 @@ it on Debian/Ubuntu.
     python bench/bench_prepare.py
     python bench/bench_prepare.py --videos 48 --workers 4 --rounds 5 --keep /tmp/bench_videos --json out.json
 
-Measured with ``--workers 2`` on 2 cores shared with other jobs (load average 7-14), four
-runs: 3 fps 4.8-5.5x the baseline's frames/s and 3.4-3.6x less CPU per frame; 1 fps
-1.7-2.1x its frames/s, 1.8-1.9x less CPU per frame (a third of the frames for nearly the
-same decoding: 5.6-6.7x its videos/s). Before the in-decoder scaling and non-reference
-skipping, in the same conditions: 3 fps 2.4-2.6x and 1.6-1.8x, 1 fps 1.3-1.7x and 0.9x.
+Measured with ``--workers 2`` on the idle 2-core machine, six runs: 3 fps 4.0-4.7x the
+baseline's frames/s and 4.2-4.6x less CPU per frame; 1 fps 1.77-2.07x its frames/s,
+1.9-2.2x less CPU per frame and 5.7-6.6x its videos/s (a third of the frames for the
+same decoding: the reference frames between two picks must be decoded either way).
+Before one scaler per pass (a new swscale context per frame), on 2 cores shared with
+other jobs: 3 fps 4.8-5.5x, 1 fps 1.7-2.1x; before the in-decoder scaling and
+non-reference skipping, in the same conditions: 3 fps 2.4-2.6x, 1 fps 1.3-1.7x.
 """
 
 from __future__ import annotations
