@@ -3,6 +3,8 @@ on CPU) or as plain functions (world 1):
 
 - ``ddp_worker.py OUT``: one stage-1 step on a fixed global batch of 8 pairs (each rank
   takes 4); writes the loss and a few parameter gradients to ``OUT/rank{r}.pt``;
+- ``ddp_worker.py dits OUT``: the same for one step of DITS's training stage (the
+  unrolled truncated flow, X-Pool and the global InfoNCE);
 - ``ddp_worker.py cache DATA_ROOT RUN_DIR``: the tiny recipe's stage-2 feature cache,
   every rank encoding its share;
 - ``ddp_worker.py peak DATA_ROOT RUN_DIR OUT.json``: one process; the peak memory of
@@ -40,26 +42,39 @@ def global_batch(model) -> dict[str, torch.Tensor]:
     return {"ids": ids, "mask": mask, "frames": frames, "frame_mask": frame_mask}
 
 
-def run_step(dist_info) -> dict:
-    """Loss and selected gradients of one stage-1 step on this rank's share of the batch."""
+def run_step(dist_info, family: str = "diffusionret") -> dict:
+    """Loss and selected gradients of one training step on this rank's share of the batch:
+    DiffusionRet's stage 1, or DITS's one stage (X-Pool without dropout, so that the
+    ranks draw nothing the single process does not)."""
+    from diffret_cli.families.dits_stage import DITSStep
     from diffret_cli.model.diffusionret import DiffusionRet
+    from diffret_cli.model.dits import DITS
     from diffret_cli.training.context import RunContext
     from diffret_cli.training.contrastive import ContrastiveStep
     from diffret_cli.training.loop import wrap_ddp
+    from dits_helpers import tiny_dits_config
 
     torch.manual_seed(0)
-    model = DiffusionRet(tiny_model_config(), load_pretrained=False)
+    if family == "dits":
+        cfg = tiny_dits_config()
+        cfg["pooling"]["args"]["dropout"] = 0.0
+        model = DITS(cfg, load_pretrained=False)
+        step = DITSStep(model, dist_info)
+    else:
+        model = DiffusionRet(tiny_model_config(), load_pretrained=False)
+        step = ContrastiveStep(model, dist_info)
     model.train()
     batch = global_batch(model)
     per = GLOBAL_BATCH // dist_info.world_size
     local = {k: v[dist_info.rank * per:(dist_info.rank + 1) * per] for k, v in batch.items()}
     ctx = RunContext(run_dir=Path("."), recipe={}, data=None, device=torch.device("cpu"), precision="fp32",
                      dist=dist_info, log=lambda r: None)
-    module = wrap_ddp(ContrastiveStep(model, dist_info), ctx)
+    module = wrap_ddp(step, ctx)
     loss, _ = module(local)
     loss.backward()
+    prefixes = PARAMS + (("pooling", "denoiser") if family == "dits" else ())
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-             if p.grad is not None and n.startswith(PARAMS)}
+             if p.grad is not None and n.startswith(prefixes)}
     return {"loss": loss.detach().item(), "grads": grads, "world_size": dist_info.world_size}
 
 
@@ -131,6 +146,9 @@ def main(argv: list[str]) -> None:
     info = init_distributed("cpu")
     if argv[0] == "cache":
         build_cache(Path(argv[1]), Path(argv[2]), info)
+    elif argv[0] == "dits":
+        result = run_step(info, "dits")
+        torch.save(result, Path(argv[1]) / f"rank{info.rank}.pt")
     else:
         result = run_step(info)
         torch.save(result, Path(argv[0]) / f"rank{info.rank}.pt")

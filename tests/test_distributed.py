@@ -16,23 +16,28 @@ from launch_helpers import TESTS, torchrun as _torchrun
 from train_helpers import prepare_synthetic, tiny_recipe
 
 
-def test_two_ranks_match_single_process(tmp_path):
+@pytest.mark.parametrize("family", ["diffusionret", "dits"])
+def test_two_ranks_match_single_process(tmp_path, family):
     from ddp_worker import run_step
 
     from diffret_cli.distributed import DistInfo
 
-    _torchrun([str(TESTS / "ddp_worker.py"), str(tmp_path)], cwd=tmp_path)
+    mode = ["dits"] if family == "dits" else []
+    _torchrun([str(TESTS / "ddp_worker.py"), *mode, str(tmp_path)], cwd=tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = run_step(DistInfo())
+        single = run_step(DistInfo(), family)
     finally:
         torch.set_num_threads(old)
     assert single["loss"] > 0.1
     assert len(single["grads"]) >= 10
+    if family == "dits":  # the flow's step network and the pooling get gradients too
+        assert any(n.startswith("denoiser") for n in single["grads"])
+        assert any(n.startswith("pooling") for n in single["grads"])
     for r in ranks:
         # every rank computes the loss of the whole global batch (gathered features)
         assert abs(r["loss"] - single["loss"]) <= 1e-5
