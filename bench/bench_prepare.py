@@ -33,6 +33,8 @@ Measured with ``--workers 2`` on the idle 2-core machine, six runs: 3 fps 4.0-4.
 baseline's frames/s and 4.2-4.6x less CPU per frame; 1 fps 1.77-2.07x its frames/s,
 1.9-2.2x less CPU per frame and 5.7-6.6x its videos/s (a third of the frames for the
 same decoding: the reference frames between two picks must be decoded either way).
+With ``--videos 48`` (the per-run fixed cost spread over more videos), three runs: 3 fps
+4.6-4.8x, 1 fps 1.95-2.06x.
 Before one scaler per pass (a new swscale context per frame), on 2 cores shared with
 other jobs: 3 fps 4.8-5.5x, 1 fps 1.7-2.1x; before the in-decoder scaling and
 non-reference skipping, in the same conditions: 3 fps 2.4-2.6x, 1 fps 1.3-1.7x.
