@@ -190,9 +190,10 @@ def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
 
     The decoder's hidden layer is relu(a_k + u) with a_k = W1_c p_k (per candidate, fixed)
     and u = W1_h h + b1 (per query and step). Since relu(a + u) = max(a, -u) + u,
-    w2 . relu(a_k + u) = w2 . max(a_k, -u) + w2 . u: the [B,K,2D] block is read by one
+    w2 . relu(a_k + u) = w2 . max(a_k, -u) + w2 . u: the [B,K,2D] block takes one
     elementwise pass and one reduction per step instead of an add, a ReLU and a reduction
-    (these passes are the whole cost of a step; they are bound by memory bandwidth)."""
+    (with the weighted sum over ``mv``, these passes are most of a step's cost; each runs
+    at about the speed of a copy)."""
     c = ctx.tensors
     b = x_t.shape[0]
     weight = torch.softmax(_logits_at(c, t, b) + x_t, dim=-1)  # Eq. 5
