@@ -89,6 +89,9 @@ def test_folded_step_equals_explicit_step_at_every_step(direction, kw, pairs, mo
         close(den.step(x, mixed, folded), den.step(x, mixed, ctx), 1e-12)
         with pytest.raises(IndexError):  # beyond the table: an error, never a wrong row
             den.step(x, torch.full((4,), 50), folded)
+    # with gradients the step takes the path a GPU takes (no scratch buffer, no blocks)
+    with torch.enable_grad():
+        close(den.step(x, mixed, folded), den.step(x, mixed, ctx), 1e-12)
 
 
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
