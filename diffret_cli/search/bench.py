@@ -180,23 +180,16 @@ def agreement(model, text, frames: torch.Tensor, lengths: torch.Tensor) -> dict[
 
 
 def default_checkpoint(base: Path = Path("runs")) -> Path:
-    """The newest run under ``base`` trained on ``synthetic`` (the quickstart)."""
-    import yaml
+    """The newest finished run under ``base`` trained on ``synthetic`` (the quickstart)."""
+    from diffret_cli.evaluation import find_run_for
 
-    runs = []
-    for recipe in base.glob("*/recipe.yaml"):
-        try:
-            r = yaml.safe_load(recipe.read_text())
-        except yaml.YAMLError:
-            continue
-        if (r or {}).get("dataset", {}).get("name") == "synthetic" and (recipe.parent / "checkpoints").is_dir():
-            runs.append(recipe.parent)
-    if not runs:
+    try:
+        return find_run_for("synthetic", base)
+    except ConfigError as exc:
         raise ConfigError(f"the search bench draws its gallery around a trained model's features, and no run "
                           f"trained on `synthetic` is under {base}/",
                           hint="train the quickstart (`diffret train --recipe quickstart`, a few minutes on a CPU) "
-                               "or pass its run directory with --checkpoint")
-    return max(runs, key=lambda p: p.stat().st_mtime)
+                               "or pass its run directory with --checkpoint") from exc
 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
