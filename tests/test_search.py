@@ -167,6 +167,26 @@ def test_approximate_first_stage_agrees_with_the_exact_one(w, model, tmp_path):
         assert [h["row"] for h in r["results"]] == ref1[i]
 
 
+def test_a_first_stage_that_finds_fewer_items_than_the_rerank_loses_none(w, model, tmp_path):
+    """IVF scanning one small cell returns fewer items than the re-ranking asks for (faiss
+    pads its labels with -1): every item it did find is re-ranked and returned, the
+    smallest row (where padding entries point) included."""
+    from diffret_cli.search import SearchIndex, scoring
+    from diffret_cli.search.synthetic import centres_from_model
+
+    centres = centres_from_model(model, data_root=w["data"])
+    gen = _feature_index(model, centres, tmp_path / "ivf", n=600, first_stage="ivf", nlist=16)
+    ivf = SearchIndex.open(tmp_path / "ivf", model=model)
+    text = gen.queries(np.arange(1))
+    first_stage_vector = scoring.text_side(model, text)[3]
+    found, member = ivf.videos.shortlist(first_stage_vector, 200, 1)
+    assert member.all() and 10 < len(found) < 200  # one cell: fewer items than asked for
+    [r] = ivf.search_features(text, top=200, shortlist=200, rerank=200, nprobe=1, steps=2)
+    rows = [h["row"] for h in r["results"]]
+    assert sorted(rows) == found.tolist()
+    assert all(np.isfinite(h["score"]) for h in r["results"])
+
+
 def test_folder_index_skips_a_bad_video_and_keeps_the_rest(w):
     from diffret_cli.search.store import Part
 

@@ -212,17 +212,16 @@ class SearchIndex:
             chunk = self.model.config["rerank"]["chunk_size"]
             for a in range(0, b, chunk):
                 sl = slice(a, min(a + chunk, b))
-                top_rows, top_s = cand_rows[sl, :k], cand_s1[sl, :k]
-                ok = top_rows >= 0
-                cands = np.unique(top_rows[ok])
-                pos = torch.from_numpy(np.searchsorted(cands, np.where(ok, top_rows, cands[0]))).to(self.device)
-                sub = torch.full((top_rows.shape[0], len(cands)), float("-inf"), device=self.device)
-                sub.scatter_(1, pos, top_s)  # each row: its own top k, -inf elsewhere
-                feats, _, mask = part.rows(cands)
+                top_rows = torch.from_numpy(cand_rows[sl, :k]).to(self.device)
+                top_s = cand_s1[sl, :k]
+                cands, pos, sub = scoring.candidate_matrix(top_rows, top_s)  # each row: its top k
+                if cands.numel() == 0:
+                    continue
+                feats, _, mask = part.rows(cands.cpu().numpy())
                 out = scoring.rerank_t2v(self.model, sub, text.cls[sl], feats.float().to(self.device),
                                          mask.to(self.device), topk=k, steps=steps, seed=seed, generator=g,
                                          chunk_size=chunk)
-                fused[sl, :k] = torch.where(torch.from_numpy(ok).to(self.device), out.gather(1, pos), top_s)
+                fused[sl, :k] = torch.where(top_rows >= 0, out.gather(1, pos), top_s)
             lap("rerank")
         scores, order = fused.topk(min(top, keep), dim=1)
         out = []

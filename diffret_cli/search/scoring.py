@@ -66,6 +66,23 @@ def tokenwise(t: torch.Tensor, tw: torch.Tensor, mask: torch.Tensor, v: torch.Te
     return wti_scores(t, tw, mask, v, vw)
 
 
+def candidate_matrix(ids: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's candidates as columns of one matrix: ``ids`` [B,K] item ids (distinct
+    within a row; -1 for an empty slot, as a first stage that found fewer items leaves),
+    ``scores`` [B,K] theirs. Returns ``cols`` [C] (the sorted ids present), ``pos`` [B,K]
+    (each entry's column; an empty slot points at column 0) and ``sub`` [B,C]: each row's
+    scores in its own columns, -inf elsewhere. An empty slot writes nothing, so it never
+    hides the score of the item in column 0."""
+    valid = ids >= 0
+    cols = torch.unique(ids[valid])
+    if cols.numel() == 0:
+        return cols, torch.zeros_like(ids), scores.new_full((ids.shape[0], 0), float("-inf"))
+    pos = torch.searchsorted(cols, torch.where(valid, ids, cols[0]))
+    sub = scores.new_full((ids.shape[0], cols.numel()), float("-inf"))
+    sub.scatter_reduce_(1, pos, scores.masked_fill(~valid, float("-inf")), reduce="amax")
+    return cols, pos, sub
+
+
 @torch.no_grad()
 def rerank_top(scores: torch.Tensor, topk: int, run) -> torch.Tensor:
     """Re-rank each row's top ``topk`` columns of ``scores`` [B, K] with ``run(sub,
@@ -79,9 +96,7 @@ def rerank_top(scores: torch.Tensor, topk: int, run) -> torch.Tensor:
     """
     k = min(topk, scores.shape[1])
     top_s, top_c = scores.topk(k, dim=1)
-    cols = torch.unique(top_c)
-    sub = scores.new_full((scores.shape[0], len(cols)), float("-inf"))
-    sub.scatter_(1, torch.searchsorted(cols, top_c), top_s)
+    cols, _, sub = candidate_matrix(top_c, top_s)
     fused = run(sub, cols)
     out = scores.clone()
     out[:, cols] = torch.where(torch.isfinite(sub), fused, scores[:, cols])
