@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from diffret_cli.errors import ConfigError
+from diffret_cli.fileio import atomic_write_json
 from diffret_cli.search import scoring
 from diffret_cli.search.build import BuildSettings, write_feature_index
 from diffret_cli.search.engine import FIRST_STAGE_FILE, SearchIndex
@@ -291,8 +292,6 @@ def bench_search(*, gallery: int, device: str = "cpu", checkpoint: str | Path | 
                 ckpt_dir = str(save_model(model, work / "model").resolve())
             meta = write_feature_index(model, index_dir, n=gallery, batches=batches(), items=items, settings=settings,
                                        checkpoint=ckpt_dir, description={"kind": "synthetic-features", **spec_args})
-            from diffret_cli.fileio import atomic_write_json
-
             atomic_write_json(args_file, spec_args)
         meta = json.loads((index_dir / "index.json").read_text())
         # the generated gallery's shape: pooled vs token-wise agreement, real centres vs generated
@@ -354,8 +353,6 @@ def bench_search(*, gallery: int, device: str = "cpu", checkpoint: str | Path | 
             exact, exact1 = json.loads(cache.read_text())
         else:
             exact, exact1 = exhaustive_results(index, sub, top=top, rerank=rerank, steps=steps, seed=seed)
-            from diffret_cli.fileio import atomic_write_json
-
             atomic_write_json(cache, [exact, exact1])
         hit = [len(set(a) & set(b)) / len(b) for a, b in zip(got[:nr], exact)]
         got1 = []
