@@ -146,7 +146,8 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
     text, video, mask, noise = make_inputs(direction, b=b, k=k, t=t, d=d, device=device)
     g_text, g_video, g_mask, cand = gallery_indices(direction, text, video, mask)
     queries = torch.arange(b, device=device)
-    t_first = torch.full((b,), steps - 1, dtype=torch.long, device=device)
+    # the step as a sampler passes it: one element for all rows (stride 0)
+    t_first = torch.full((1,), steps - 1, dtype=torch.long, device=device).expand(b)
 
     def folded_ctx():
         gallery = den.prepare_gallery(g_text, g_video, g_mask, timesteps=sampler.timesteps())

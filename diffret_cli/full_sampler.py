@@ -105,9 +105,15 @@ class FullSampler(Sampler):
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(respaced step tensor t [B], raw model output, processed x0) at respaced step ``i``:
         x0 is the output itself or, for an eps-model, sqrt(1/abar) x_t - sqrt(1/abar - 1) eps
-        (Ho et al. Eq. 4 inverted), then clamped if ``clip_denoised``."""
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        model_t = torch.full_like(t, self.timestep_map[i])  # the model sees original indices
+        (Ho et al. Eq. 4 inverted), then clamped if ``clip_denoised``.
+
+        Every row of a chain is at the same step, so both step tensors are one element
+        expanded to B rows (stride 0): :func:`~diffret_cli.interfaces.uniform_step` reads
+        the step from them without a gather."""
+        b = x.shape[0]
+        t = torch.full((1,), i, dtype=torch.long, device=x.device).expand(b)
+        # the model sees original indices
+        model_t = torch.full((1,), self.timestep_map[i], dtype=torch.long, device=x.device).expand(b)
         out = model_fn(x, model_t)
         x0 = out if self.prediction == "x0" else self.coef.predict_x0_from_eps(x, t, out)
         if self.clip_denoised:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -94,11 +94,14 @@ class DenoiserContext:
     ``state_shape`` is the shape of the state the sampler iterates ([B,K] scores for
     DiffusionRet; [B,D] query embeddings for a DITS-style head) and ``anchor`` the state a
     truncated sampler starts from (None for samplers that start from noise).
+    ``scratch`` is the denoiser's own: what it keeps from one step to the next for speed
+    only (output buffers, index tensors), never read by anyone else.
     """
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     state_shape: tuple[int, ...] | None = None
     anchor: torch.Tensor | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 class Denoiser(nn.Module, ConfigurablePlugin, ABC):
@@ -156,6 +159,25 @@ class NoiseSchedule(ConfigurablePlugin, ABC):
 #: ``model_fn(x_t [B,...], t [B] int64) -> prediction`` of what the sampler's
 #: ``prediction`` attribute says ("x0" for DiffusionRet, "eps" for DITS).
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def uniform_step(t: torch.Tensor) -> int | None:
+    """The step index shared by every row of ``t`` [B], as a Python int, when that is
+    known without reading the tensor's values on a device: a CPU tensor of one row, or one
+    whose rows are a single element in memory (stride 0, as :class:`FullSampler` passes
+    the step of a chain, ``torch.full((1,), i).expand(B)``). ``None`` otherwise: then the
+    rows may differ (stage-2 training draws a step per row) or reading one would wait for
+    the GPU, and a model indexes its per-step tables row by row.
+
+    A model or sampler that keeps tables per step can then take row ``s`` as a view
+    instead of gathering B rows: on CPU a 50-step chain spends about as long on such
+    gathers and their index arithmetic as on the re-ranking step's arithmetic at small B.
+    """
+    if t.device.type != "cpu" or t.dim() != 1 or t.numel() == 0:
+        return None
+    if t.numel() == 1 or t.stride(0) == 0:
+        return int(t[0])
+    return None
 
 
 @dataclass

@@ -8,8 +8,9 @@ Everything a plugin of any kind needs, re-exported from the module that defines 
 - base classes, one per plugin kind (entry-point group ``diffret.<kind>``):
   :class:`Encoder` (encoders), :class:`Denoiser` with :class:`DenoiserContext`
   (denoisers), :class:`NoiseSchedule` (schedules), :class:`Sampler` with
-  :class:`SampleResult` and :data:`ModelFn` (samplers), :class:`DatasetPlugin` and
-  :class:`AnnotatedDataset` with :class:`DownloadSource` (datasets); all derive from
+  :class:`SampleResult`, :data:`ModelFn` and :func:`uniform_step` (samplers),
+  :class:`DatasetPlugin` and :class:`AnnotatedDataset` with :class:`DownloadSource`
+  (datasets); all derive from
   :class:`ConfigurablePlugin` (``config()`` and the ``example_args()`` hook of the
   contract tests);
 - the full-sampler machinery: :class:`FullSampler` (subclass it and write ``update``;
@@ -72,12 +73,13 @@ from diffret_cli.interfaces import (
     NoiseSchedule,
     SampleResult,
     Sampler,
+    uniform_step,
 )
 
 __all__ = [
     # plugin bases
     "ConfigurablePlugin", "Encoder", "Denoiser", "DenoiserContext", "NoiseSchedule", "Sampler",
-    "SampleResult", "ModelFn", "DatasetPlugin", "AnnotatedDataset", "DownloadSource",
+    "SampleResult", "ModelFn", "uniform_step", "DatasetPlugin", "AnnotatedDataset", "DownloadSource",
     # full-sampler machinery
     "FullSampler", "space_timesteps", "respaced_coefficients", "DiffusionCoefficients", "extract",
     # dataset entry types

@@ -25,13 +25,17 @@ frame is projected once and the projections pooled per pair (pooling is linear).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from diffret_cli.sdk import DenoiserContext
+from diffret_cli import native
+from diffret_cli.sdk import DenoiserContext, uniform_step
 
 
 @dataclass
@@ -167,22 +171,53 @@ def prepare_chunk(den, gallery: Gallery, query_index, cand_index) -> DenoiserCon
         "neg_u_table": tb["neg_u"],
         "dec": dec,
         "mv": mv,
+        "w2": den.decoder[2].weight[0], "b2": den.decoder[2].bias,  # the decoder's last layer
     }, state_shape=(b, k))
 
 
-#: queries per block of the per-step decoder on CPU: a block's [K,2D] tensors stay in
-#: cache between the two passes over them (maximum, then the last layer); one block on GPU
+#: queries per block of the per-step decoder on CPU: a block's [K,2D] maxima stay in
+#: cache between the two passes over them (the maximum, then the last layer)
 CPU_BLOCK = 16
 
 
-def _logits_at(c: dict, t: torch.Tensor, b: int) -> torch.Tensor:
+def _logits_at(ctx: DenoiserContext, t: torch.Tensor, b: int) -> torch.Tensor:
     """Row ``t[i]`` of query i's logits: one gather from the [S*B,K] view of the table
     (the row indices are kept on the context: a fresh arange per step costs as much)."""
-    rows = c.get("_rows")
+    rows = ctx.scratch.get("rows")
     if rows is None or rows.device != t.device:
-        rows = c["_rows"] = torch.arange(b, device=t.device)
-    table = c["logit_table"]
+        rows = ctx.scratch["rows"] = torch.arange(b, device=t.device)
+    table = ctx.tensors["logit_table"]
     return torch.index_select(table.view(-1, table.shape[-1]), 0, t * b + rows)
+
+
+@dataclass
+class _CpuBuffers:
+    """What the CPU step writes into at every step, allocated once per context: fresh
+    [B,K,2D] blocks per step cost more than the step (the allocator maps and faults in
+    large blocks), and per-block views made once save the slicing calls of 50 steps."""
+
+    neg_u: torch.Tensor  # [B,1,2D]: -(W1_h h + b1) of the current step
+    per_cand: torch.Tensor  # [B,K]: w2 . max(a_k, -u), before the per-query terms
+    # per block of queries: (a = W1_c p [n,K,2D], -u [n,1,2D], maxima [n,K,2D], the maxima
+    # as [n*K,2D] rows, their dot with w2 as [n*K]); the maxima share one scratch block
+    blocks: list[tuple[torch.Tensor, ...]]
+
+    @classmethod
+    def for_context(cls, ctx: DenoiserContext, b: int) -> "_CpuBuffers":
+        dec = ctx.tensors["dec"]
+        found = ctx.scratch.get("cpu_buffers")
+        if found is not None and found.per_cand.shape[0] == b and found.per_cand.dtype == dec.dtype:
+            return found
+        k, width = dec.shape[1], dec.shape[2]
+        neg_u, per_cand = dec.new_empty(b, 1, width), dec.new_empty(b, k)
+        scratch = dec.new_empty(min(CPU_BLOCK, b), k, width)
+        blocks = []
+        for i in range(0, b, CPU_BLOCK):
+            n = min(CPU_BLOCK, b - i)
+            top = scratch[:n]
+            blocks.append((dec[i:i + n], neg_u[i:i + n], top, top.view(n * k, width), per_cand[i:i + n].view(-1)))
+        ctx.scratch["cpu_buffers"] = found = cls(neg_u, per_cand, blocks)
+        return found
 
 
 def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
@@ -194,28 +229,83 @@ def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
     elementwise pass and one reduction per step instead of an add, a ReLU and a reduction
     (with the weighted sum over ``mv``, these passes are most of a step's cost; each runs
     at about the speed of a copy)."""
+    if x_t.device.type == "cpu" and not torch.is_grad_enabled():
+        return _cpu_step(x_t, t, ctx)
     c = ctx.tensors
-    b = x_t.shape[0]
-    weight = torch.softmax(_logits_at(c, t, b) + x_t, dim=-1)  # Eq. 5
+    weight = torch.softmax(_logits_at(ctx, t, x_t.shape[0]) + x_t, dim=-1)  # Eq. 5
     # -(W1_h h + b1) = -(sum_k w_k (M p_k) + W1_h (Wp Wv c + bp) + b1)  (Eq. 6 and the decoder's
     # first layer), negated in the same product: the maximum below takes -u
     neg_u_c = torch.index_select(c["neg_u_table"], 0, t).unsqueeze(1)  # [B,1,2D]
     neg_u = torch.baddbmm(neg_u_c, weight.unsqueeze(1), c["mv"], alpha=-1)  # [B,1,2D]
-    out = den.decoder[2]
-    w2 = out.weight[0]
-    per_query = torch.addmv(out.bias, neg_u.squeeze(1), w2, alpha=-1)  # w2 . u + b2 [B]
-    if x_t.device.type != "cpu" or torch.is_grad_enabled():
-        per_cand = torch.matmul(torch.maximum(c["dec"], neg_u), w2)  # w2 . max(a_k, -u) [B,K]
-    else:
-        # one scratch buffer for the [block,K,2D] maxima of every step: a fresh one per
-        # step costs more than the step (the CPU allocator maps and faults in large blocks)
-        scratch = c.get("_scratch")
-        if scratch is None or scratch.dtype != c["dec"].dtype:
-            scratch = c["_scratch"] = torch.empty((min(CPU_BLOCK, b),) + tuple(c["dec"].shape[1:]),
-                                                  dtype=c["dec"].dtype)
-        per_cand = x_t.new_empty(x_t.shape)
-        for i in range(0, b, CPU_BLOCK):
-            j = slice(i, i + CPU_BLOCK)
-            top = torch.maximum(c["dec"][j], neg_u[j], out=scratch[: neg_u[j].shape[0]])
-            torch.matmul(top, w2, out=per_cand[j])
+    per_query = torch.addmv(c["b2"], neg_u.squeeze(1), c["w2"], alpha=-1)  # w2 . u + b2 [B]
+    per_cand = torch.matmul(torch.maximum(c["dec"], neg_u), c["w2"])  # w2 . max(a_k, -u) [B,K]
     return per_cand.add_(per_query.unsqueeze(1)).add_(weight)
+
+
+#: the fused CPU step in C (query_candidate_step.c), built on first use; see diffret_cli.native
+KERNEL_NAME = "query_candidate_step"
+_KERNEL_SOURCE = Path(__file__).with_name("query_candidate_step.c")
+_P, _L = ctypes.c_void_p, ctypes.c_long
+_KERNEL_SIGNATURES = {"rerank_step": (None, [_L, _L, _L, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L])}
+
+
+@functools.cache
+def _kernel_source() -> str:
+    return _KERNEL_SOURCE.read_text(encoding="utf-8")
+
+
+def native_kernel() -> native.Kernel | None:
+    """The fused step kernel, or None where it cannot be built (or ``DIFFRET_NATIVE=0``)."""
+    return native.load(KERNEL_NAME, _kernel_source(), _KERNEL_SIGNATURES)
+
+
+def _native_step(kernel: native.Kernel, weight, neg_u_c, ctx: DenoiserContext) -> torch.Tensor | None:
+    """The kernel's step, or None if a tensor is not the contiguous float32 it reads."""
+    c = ctx.tensors
+    mv, dec, w2, b2 = c["mv"], c["dec"], c["w2"], c["b2"]
+    tensors = (mv, dec, w2, b2, weight, neg_u_c)
+    if any(x.dtype != torch.float32 or not x.is_contiguous() for x in tensors):
+        return None
+    b, k, width = dec.shape
+    if mv.shape != dec.shape or weight.shape != (b, k) or neg_u_c.shape[-1] != width:
+        return None
+    threads = max(1, min(torch.get_num_threads(), b))
+    scratch = ctx.scratch.get("native_rows")
+    if scratch is None or scratch.shape[0] < threads:
+        scratch = ctx.scratch["native_rows"] = dec.new_empty(threads, width)
+    out = torch.empty_like(weight)  # fresh: the sampler may keep every step's output
+    row_stride = width if neg_u_c.dim() == 2 and neg_u_c.shape[0] == b else 0
+    kernel.rerank_step(b, k, width, mv.data_ptr(), dec.data_ptr(), weight.data_ptr(), neg_u_c.data_ptr(),
+                       row_stride, w2.data_ptr(), b2.data_ptr(), scratch.data_ptr(), out.data_ptr(), threads)
+    return out
+
+
+def _cpu_step(x_t, t, ctx: DenoiserContext) -> torch.Tensor:
+    """:func:`step` on CPU without gradients: the same arithmetic, fused in C where the
+    kernel builds (:func:`native_kernel`), else written into buffers kept on the context,
+    the maxima a block of queries at a time. When every row is at one step (a sampler's
+    chain), that step's table rows are views, not gathers."""
+    c = ctx.tensors
+    b = x_t.shape[0]
+    s = uniform_step(t)
+    if s is not None:
+        logits, neg_u_c = c["logit_table"][s], c["neg_u_table"][s]  # [B,K], [2D]
+    else:
+        logits, neg_u_c = _logits_at(ctx, t, b), torch.index_select(c["neg_u_table"], 0, t)  # [B,2D]
+    weight = torch.softmax(logits + x_t, dim=-1)  # Eq. 5
+    kernel = native_kernel()
+    if kernel is not None:
+        out = _native_step(kernel, weight, neg_u_c, ctx)
+        if out is not None:
+            return out
+    if neg_u_c.dim() == 2:
+        neg_u_c = neg_u_c.unsqueeze(1)  # [B,1,2D]
+    buf = _CpuBuffers.for_context(ctx, b)
+    torch.baddbmm(neg_u_c, weight.unsqueeze(1), c["mv"], alpha=-1, out=buf.neg_u)  # -u, as in step
+    w2 = c["w2"]
+    per_query = torch.addmv(c["b2"], buf.neg_u.view(b, -1), w2, alpha=-1)  # w2 . u + b2 [B]
+    for dec, neg_u, top, top_rows, out in buf.blocks:
+        torch.maximum(dec, neg_u, out=top)
+        torch.mv(top_rows, w2, out=out)  # w2 . max(a_k, -u)
+    # a fresh tensor: the sampler may keep every step's output (its trajectory)
+    return torch.add(buf.per_cand, per_query.unsqueeze(1)).add_(weight)

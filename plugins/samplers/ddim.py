@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffret_cli.sdk import FullSampler
+from diffret_cli.sdk import FullSampler, uniform_step
 
 
 class DDIMSampler(FullSampler):
@@ -62,8 +62,14 @@ class DDIMSampler(FullSampler):
         return torch.index_select(table, 0, t).view(t.shape[0], 3, *([1] * (like.dim() - 1)))
 
     def update(self, x, x0, t, *, last, generator, state):
-        coef = self._coefficients(t, x)
-        out = torch.addcmul(x0 * coef[:, 0], x, coef[:, 1])
+        s = uniform_step(t)
+        if s is not None:  # one step for the whole chain: its coefficients as Python floats
+            a_t, b_t, sigma_t = (float(v) for v in self._step_coefficients[s])
+            out = torch.add(x0 * a_t, x, alpha=b_t)
+        else:  # a step per row
+            coef = self._coefficients(t, x)
+            a_t, b_t, sigma_t = coef[:, 0], coef[:, 1], coef[:, 2]
+            out = torch.addcmul(x0 * a_t, x, b_t)
         if self.eta > 0 and not last:
-            out = out + coef[:, 2] * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            out = out + sigma_t * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return out

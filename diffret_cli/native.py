@@ -1,0 +1,208 @@
+"""Small C kernels, compiled on first use with the machine's C compiler and loaded with ctypes.
+
+Why: a few inner loops are chains of elementwise torch ops over the same large tensors
+(the re-ranking step reads two [B,K,2D] blocks and writes a third, 50 times per chunk);
+each op is a separate pass through memory. One C loop reads the data once. Nothing here
+is required: without a compiler, on a compiler error, or with ``DIFFRET_NATIVE=0``,
+:func:`load` returns None and the caller runs its torch ops (the same arithmetic, equal
+within float32 rounding). :func:`describe` says which one a process runs, and why.
+
+Builds are cached under ``<cache dir>/native`` (``$XDG_CACHE_HOME/diffret/native`` or
+``~/.cache/diffret/native`` on Linux). A library's file name hashes its source, the
+compiler and its version, the flags and the CPU (model and feature flags), so a cache
+shared between machines (an NFS home) never gives one machine a library built for
+another's instruction set. A build writes a temporary file and renames it: ranks that
+start together may each build, none loads a half-written file. ``CC`` picks the compiler
+(default ``cc``, then ``gcc``, then ``clang``).
+
+OpenMP: a kernel built with ``-fopenmp`` parallelises over its outer loop with the thread
+count the caller passes (torch's, so ``--threads`` and ``OMP_NUM_THREADS`` keep their
+meaning); where OpenMP is missing the same source builds serial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from diffret_cli.data.paths import default_cache_dir
+from diffret_cli.fileio import atomic_path
+
+#: set to 0 (or "off", "false", "no") to run torch ops everywhere
+ENV = "DIFFRET_NATIVE"
+
+#: compile attempts, best first: the first that builds is used
+_ATTEMPTS: tuple[tuple[str, ...], ...] = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-fopenmp-simd"),
+    ("-O3",),
+)
+_COMMON = ("-std=c99", "-shared", "-fPIC")
+_COMPILE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A loaded library and how it was built."""
+
+    name: str
+    lib: ctypes.CDLL
+    path: Path
+    flags: tuple[str, ...]
+
+    @property
+    def openmp(self) -> bool:
+        return "-fopenmp" in self.flags
+
+    def __getattr__(self, item):  # the library's functions, e.g. ``kernel.rerank_step(...)``
+        return getattr(self.lib, item)
+
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str], Kernel | None] = {}
+_why_not: dict[str, str] = {}
+_disabled_depth = 0
+
+
+def enabled() -> bool:
+    """False under ``DIFFRET_NATIVE=0`` or inside :func:`disabled`."""
+    if _disabled_depth:
+        return False
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the torch fallbacks inside the block (benchmarks compare the two paths)."""
+    global _disabled_depth
+    _disabled_depth += 1
+    try:
+        yield
+    finally:
+        _disabled_depth -= 1
+
+
+def cache_dir() -> Path:
+    return default_cache_dir() / "native"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        return shutil.which(cc) or (cc if Path(cc).is_file() else None)
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_identity() -> str:
+    """What decides which instructions ``-march=native`` may emit on this machine."""
+    parts = [platform.system(), platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                    parts.append(line.strip())
+                elif not line.strip() and len(parts) > 3:
+                    break  # the first processor is enough
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return done.stdout + done.stderr
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+
+
+def _build(name: str, source: str, cc: str) -> tuple[Path, tuple[str, ...]] | str:
+    """(library path, flags) of a build, cached or new; or why none could be made."""
+    version = _compiler_version(cc)
+    cpu = _cpu_identity()
+    errors = []
+    for flags in _ATTEMPTS:
+        key = hashlib.sha256("\0".join([source, cc, version, " ".join(flags + _COMMON), cpu]).encode()).hexdigest()
+        lib = cache_dir() / f"{name}-{key[:20]}.so"
+        if lib.is_file():
+            return lib, flags
+        src = cache_dir() / f"{name}-{key[:20]}.c"
+        try:
+            with atomic_path(src) as tmp:
+                tmp.write_text(source, encoding="utf-8")
+            with atomic_path(lib) as tmp:
+                done = subprocess.run([cc, *flags, *_COMMON, str(src), "-o", str(tmp)],
+                                      capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
+                                       else f"exit status {done.returncode}")
+            return lib, flags
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            errors.append(f"{' '.join(flags)}: {exc}")
+    return f"{cc} could not build it ({'; '.join(errors[-2:])})"
+
+
+def load(name: str, source: str, signatures: dict[str, tuple[object, list]]) -> Kernel | None:
+    """The library built from C ``source``, its functions typed by ``signatures``
+    ({function: (restype, argtypes)}); None when native kernels are off or none can be
+    built here (:func:`describe` then says why). One build attempt per source and process."""
+    if not enabled():
+        return None
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    found = _loaded.get((name, digest), False)
+    if found is not False:
+        return found
+    with _lock:
+        if (name, digest) in _loaded:
+            return _loaded[(name, digest)]
+        kernel = None
+        cc = _compiler()
+        if cc is None:
+            _why_not[name] = "no C compiler found (set CC, or install gcc or clang)"
+        else:
+            built = _build(name, source, cc)
+            if isinstance(built, str):
+                _why_not[name] = built
+            else:
+                path, flags = built
+                try:
+                    lib = ctypes.CDLL(str(path))
+                    for fn, (restype, argtypes) in signatures.items():
+                        getattr(lib, fn).restype = restype
+                        getattr(lib, fn).argtypes = argtypes
+                    kernel = Kernel(name, lib, path, flags)
+                except (OSError, AttributeError) as exc:
+                    # a damaged cache file: removed, so the next process builds it again
+                    path.unlink(missing_ok=True)
+                    _why_not[name] = f"{path} could not be loaded ({exc}); removed, the next run rebuilds it"
+        _loaded[(name, digest)] = kernel
+        return kernel
+
+
+def describe(name: str) -> str:
+    """One line for reports: how kernel ``name`` runs in this process."""
+    if not enabled():
+        return f"torch ops ({ENV}=0)" if _disabled_depth == 0 else "torch ops (disabled)"
+    kernels = [k for (n, _), k in _loaded.items() if n == name]
+    if not kernels:
+        return "not loaded yet"
+    if kernels[-1] is None:
+        return f"torch ops: {_why_not.get(name, 'unavailable')}"
+    k = kernels[-1]
+    return f"native C kernel ({' '.join(k.flags)}{', OpenMP' if k.openmp else ', serial'})"
