@@ -391,3 +391,50 @@ def test_sample_steps_outside_the_schedule_name_the_allowed_range(steps):
     with pytest.raises(ConfigError, match=rf"sample_steps={steps} is outside the allowed range 1\.\.50") as e:
         create("samplers", "ddim", num_steps=50, sample_steps=steps)
     assert "--steps between 1 and 50" in str(e.value)
+
+
+def test_uniform_step_reads_only_what_cannot_differ():
+    from diffret_cli.sdk import uniform_step
+
+    assert uniform_step(torch.full((1,), 7).expand(5)) == 7  # stride 0: one element for all rows
+    assert uniform_step(torch.tensor([4])) == 4
+    assert uniform_step(torch.full((5,), 7)) is None  # equal now, but rows of their own
+    assert uniform_step(torch.tensor([3, 3, 9])) is None
+    assert uniform_step(torch.empty(0, dtype=torch.long)) is None
+    assert uniform_step(torch.full((1, 1), 2).expand(3, 3)) is None  # not a [B] step tensor
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.8])
+def test_ddim_one_step_for_all_rows_equals_a_step_per_row(eta):
+    """A chain passes one step for every row (stride 0) and DDIM uses Python-float
+    coefficients; a step tensor with a row each takes the gathered coefficients: the same
+    update, noise included."""
+    s = create("samplers", "ddim", num_steps=30, eta=eta)
+    g = torch.Generator().manual_seed(0)
+    x, x0 = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g).clamp(-1, 1)
+    for i in (29, 11, 0):
+        shared = s.update(x, x0, torch.full((1,), i).expand(4), last=i == 0,
+                          generator=torch.Generator().manual_seed(i), state={})
+        per_row = s.update(x, x0, torch.full((4,), i), last=i == 0,
+                           generator=torch.Generator().manual_seed(i), state={})
+        torch.testing.assert_close(shared, per_row, rtol=1e-6, atol=1e-7)
+    if eta == 0:  # rows at different steps: each row as if alone
+        mixed = s.update(x, x0, torch.tensor([29, 11, 0, 5]), last=False, generator=None, state={})
+        for row, i in enumerate((29, 11, 0, 5)):
+            alone = s.update(x[row:row + 1], x0[row:row + 1], torch.tensor([i]), last=False, generator=None,
+                             state={})
+            torch.testing.assert_close(mixed[row:row + 1], alone, rtol=1e-6, atol=1e-7)
+
+
+def test_a_chain_calls_the_model_with_one_step_for_all_rows():
+    s = create("samplers", "ddim", num_steps=10, sample_steps=4)
+    seen = []
+
+    def model(x, t):
+        seen.append((t.shape, t.stride(), t.tolist()))
+        return x
+
+    s.sample(model, torch.zeros(3, 5))
+    assert [shape for shape, _, _ in seen] == [(3,)] * 4
+    assert all(stride == (0,) for _, stride, _ in seen)
+    assert [steps[0] for _, _, steps in seen] == list(reversed(s.timestep_map))
