@@ -44,7 +44,9 @@ from typing import Callable
 
 import torch
 
+from diffret_cli import native
 from diffret_cli.registry import create
+from diffret_plugins.denoisers import query_candidate_sampling as qc_sampling
 
 
 # ------------------------------------------------------------------ naive reference
@@ -160,6 +162,12 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
     def folded_one():
         return den.step(noise, t_first, folded_ctx())
 
+    def torch_ops(fn):  # the same folded path with the C kernel off: torch ops only
+        def run():
+            with native.disabled():
+                return fn()
+        return run
+
     def explicit_all():
         ctx = den.prepare(text, video, mask)
         return sampler.sample(lambda x, s: den.step(x, s, ctx), noise).sample
@@ -176,20 +184,25 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
     # agreement: one model call, and the whole 50-step loop
     one_naive = naive_one()
     step_tol = 1e-5 * float(one_naive.abs().max()) + 1e-6
-    step_diff = max(float((f() - one_naive).abs().max()) for f in (folded_one, explicit_one))
+    step_diff = max(float((f() - one_naive).abs().max())
+                    for f in (folded_one, torch_ops(folded_one), explicit_one))
     sample_naive = naive_all()
-    sample_diff = max(float((f() - sample_naive).abs().max()) for f in (folded_all, explicit_all))
+    sample_diff = max(float((f() - sample_naive).abs().max())
+                      for f in (folded_all, torch_ops(folded_all), explicit_all))
     assert step_diff <= step_tol, f"{direction}: a fast step differs from the naive forward by {step_diff:.2e}"
     assert sample_diff <= 1e-4, f"{direction}: fast and naive DDIM samples differ by {sample_diff:.2e}"
 
     tm = dict(device=device, clock=clock)
     row = {"direction": direction, "device": device, "clock": clock,
-           "step_diff": step_diff, "sample_diff": sample_diff}
-    row.update(timed({"fast50_ms": folded_all, "fast1_ms": folded_one, "explicit50_ms": explicit_all,
-                      "explicit1_ms": explicit_one}, repeats=repeats, **tm))
+           "step_diff": step_diff, "sample_diff": sample_diff,
+           "step": native.describe(qc_sampling.KERNEL_NAME) if device == "cpu" else "torch ops"}
+    row.update(timed({"fast50_ms": folded_all, "fast1_ms": folded_one,
+                      "torchops50_ms": torch_ops(folded_all), "torchops1_ms": torch_ops(folded_one),
+                      "explicit50_ms": explicit_all, "explicit1_ms": explicit_one}, repeats=repeats, **tm))
     # the naive loop takes seconds: fewer rounds
     row.update(timed({"naive50_ms": naive_all, "naive1_ms": naive_one}, repeats=min(repeats, 2), **tm))
     row["ratio_50_over_1"] = row["fast50_ms"] / row["fast1_ms"]
+    row["torchops_ratio_50_over_1"] = row["torchops50_ms"] / row["torchops1_ms"]
     row["explicit_ratio_50_over_1"] = row["explicit50_ms"] / row["explicit1_ms"]
     row["speedup"] = row["naive50_ms"] / row["fast50_ms"]
     row["speedup_over_explicit"] = row["explicit50_ms"] / row["fast50_ms"]
@@ -197,18 +210,20 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
 
 
 def print_table(rows: list[dict], *, steps: int) -> None:
-    head = (f"{'dir':<4} {'device':<6} {'fold 1':>8} {'fold ' + str(steps):>8} {'expl 1':>8} "
-            f"{'expl ' + str(steps):>8} {'naive ' + str(steps):>9} {str(steps) + '/1':>6} "
-            f"{'expl ' + str(steps) + '/1':>9} {'vs expl':>8} {'vs naive':>9} {'max|diff|':>10}")
+    n = str(steps)
+    head = (f"{'dir':<4} {'device':<6} {'fold 1':>8} {'fold ' + n:>8} {n + '/1':>6} {'ops ' + n + '/1':>8} "
+            f"{'expl 1':>8} {'expl ' + n:>8} {'naive ' + n:>9} {'expl ' + n + '/1':>9} {'vs expl':>8} "
+            f"{'vs naive':>9} {'max|diff|':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['direction']:<4} {r['device']:<6} {r['fast1_ms']:>7.1f}m {r['fast50_ms']:>7.1f}m "
+              f"{r['ratio_50_over_1']:>6.2f} {r['torchops_ratio_50_over_1']:>8.2f} "
               f"{r['explicit1_ms']:>7.1f}m {r['explicit50_ms']:>7.1f}m {r['naive50_ms']:>8.1f}m "
-              f"{r['ratio_50_over_1']:>6.2f} {r['explicit_ratio_50_over_1']:>9.2f} "
+              f"{r['explicit_ratio_50_over_1']:>9.2f} "
               f"{r['speedup_over_explicit']:>7.2f}x {r['speedup']:>8.2f}x {r['sample_diff']:>10.1e}")
-    print(f"(times: fastest of --repeats runs, ms, {rows[0]['clock']} clock; max|diff|: fast vs naive "
-          "final DDIM sample)")
+    print(f"(times: fastest of --repeats runs, ms, {rows[0]['clock']} clock; 'ops {n}/1': the folded path on "
+          "torch ops only (DIFFRET_NATIVE=0); max|diff|: fast vs naive final DDIM sample)")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -240,8 +255,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:  # timing is reported, not asserted: a busy machine skews it
         verdict = "met" if r["ratio_50_over_1"] <= 1.5 else "NOT met"
         print(f"{r['direction']} {r['device']}: {args.steps} steps = {r['ratio_50_over_1']:.2f} x one step "
-              f"(target <= 1.5: {verdict}; explicit path {r['explicit_ratio_50_over_1']:.2f}, naive ~{args.steps}); "
-              f"{r['speedup']:.1f}x faster than the naive loop")
+              f"(target <= 1.5: {verdict}; step: {r['step']}; with torch ops only "
+              f"{r['torchops_ratio_50_over_1']:.2f}, explicit path {r['explicit_ratio_50_over_1']:.2f}, "
+              f"naive ~{args.steps}); {r['speedup']:.1f}x faster than the naive loop")
     return rows
 
 

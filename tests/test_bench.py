@@ -32,12 +32,14 @@ def test_bench_eval_json():
     res = run_json("eval", "--gallery", "12", "--topk", "4", "--steps", "3", "--chunk-size", "5")
     check_phases(res, ["similarity_weights", "similarity", "rerank_t2v", "rerank_v2t"])
     assert (res["gallery"], res["topk"], res["steps"], res["diffusion"]) == (12, 4, 3, True)
+    # the CPU step says whether the C kernel ran (and, if not, why)
+    assert res["rerank_step"].startswith(("native C kernel", "torch ops:")), res["rerank_step"]
 
 
 def test_bench_eval_without_diffusion_stops_after_similarity():
     res = run_json("eval", "--gallery", "9", "--no-diffusion")
     check_phases(res, ["similarity_weights", "similarity"])
-    assert (res["steps"], res["diffusion"]) == (0, False)
+    assert (res["steps"], res["diffusion"]) == (0, False) and res["rerank_step"].startswith("none")
 
 
 def test_bench_eval_returns_the_work_it_timed():

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffret_cli import native
 from diffret_cli.bench.synthetic import OFFICIAL, CachedFeatures, official_shape_features
 from diffret_cli.bench.timing import PeakMemory, PhaseTimer, environment, resolve_device
 from diffret_cli.model.similarity import TokenWiseSimilarity, wti_scores
 from diffret_cli.registry import create
 from diffret_cli.rerank import NoiseFn, rerank_direction
+from diffret_plugins.denoisers import query_candidate_sampling as qc_sampling
 
 #: the diffusion schedule's length (official: 50); --steps picks evenly spaced steps of it
 SCHEDULE_STEPS = 50
@@ -98,4 +100,7 @@ def bench_eval(*, gallery: int = 1000, topk: int = 32, steps: int = SCHEDULE_STE
     return {"benchmark": "eval", "gallery": gallery, "topk": min(topk, gallery),
             "steps": steps if diffusion else 0, "diffusion": diffusion, "chunk_size": chunk_size,
             "width": width, **timer.as_dict(), "peak_memory_mb": round(mem.megabytes, 1),
-            "memory_kind": mem.kind, "environment": environment(dev)}
+            "memory_kind": mem.kind, "environment": environment(dev),
+            # the CPU re-ranking step: the fused C kernel, or torch ops and why
+            "rerank_step": ("none (no re-ranking)" if not diffusion
+                            else native.describe(qc_sampling.KERNEL_NAME) if dev.type == "cpu" else "torch ops")}

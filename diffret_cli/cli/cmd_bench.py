@@ -79,6 +79,8 @@ def eval_cmd(gallery: int, topk: int, steps: int, diffusion: bool, chunk_size: i
     """Evaluation from cached features: similarity, then both re-ranking directions.
 
     Official shapes (32 word slots with 8-20 used, 12 frames, width 512), random values.
+    On CPU the re-ranking step runs as a C kernel built on first use; DIFFRET_NATIVE=0
+    runs torch ops instead (the line "re-ranking step" says which ran).
     """
     from diffret_cli.bench import bench_eval
 
@@ -86,7 +88,8 @@ def eval_cmd(gallery: int, topk: int, steps: int, diffusion: bool, chunk_size: i
     res = bench_eval(gallery=gallery, topk=topk, steps=steps, device=device, diffusion=diffusion,
                      chunk_size=chunk_size)
     _emit(res, as_json, [("gallery", f"{gallery} texts x {gallery} videos"),
-                         ("re-ranking", f"top {res['topk']}, {res['steps']} DDIM steps" if diffusion else "off")])
+                         ("re-ranking", f"top {res['topk']}, {res['steps']} DDIM steps" if diffusion else "off"),
+                         ("re-ranking step", res["rerank_step"])])
 
 
 @bench.command("train-stage2", epilog=_EXAMPLES)
