@@ -37,8 +37,10 @@ static void one_query(long b, long K, long H, const float *mv, const float *dec,
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (long j = 0; j < H; ++j) {
-            /* torch.maximum: a NaN on either side wins */
-            const float top = (row[j] > neg_u[j] || row[j] != row[j]) ? row[j] : neg_u[j];
+            /* max(a, -u) as torch.maximum, NaN included at no cost: a NaN in dec fails
+             * the comparison and is taken; a NaN in -u reaches the output through
+             * per_query anyway */
+            const float top = (neg_u[j] > row[j]) ? neg_u[j] : row[j];
             s += w2[j] * top;
         }
         out[b * K + k] = (s + per_query) + wb[k];
