@@ -11,8 +11,10 @@ one elementwise maximum over [K, 2D] with its dot product (the decoder's ReLU), 
 At the real inference shapes (B=32 queries, K=32 candidates, T=12 frames, D=512, 50
 steps), for both directions, this times:
 
-  (a) folded 50: prepare_gallery + prepare_chunk + 50 steps  (what the re-ranker runs)
+  (a) folded 50: prepare_gallery + prepare_chunk + 50 steps  (what the re-ranker runs;
+      on CPU the step is the fused C kernel when it builds, see diffret_cli.native)
   (b) folded 1:  the same preparation + 1 step
+  (a', b') the same with the kernel off (torch ops only, as with DIFFRET_NATIVE=0)
   (c) explicit 50 / 1: ``prepare`` + the explicit ``step`` (diffret before the folding)
   (d) naive 50: :func:`naive_forward` (the official order, everything every step) x 50
 
@@ -27,13 +29,13 @@ busy machine.
     python bench/bench_ddim.py                       # CPU, and CUDA when available
     python bench/bench_ddim.py --device cpu --threads 1 --clock cpu
 
-Measured on the 2-core CPU this project is built on (idle, four runs): 50 / 1 is
-1.56-1.67 (t2v) and 1.44-1.58 (v2t); the explicit path 7.8-8.3, the naive loop ~50.
-A step at B = 32 costs about 0.45 ms: three passes over the [B, K, 2D] float32 tensors
-(the weighted sum, the maximum, the dot product), about 3.2 us per query each, plus
-about 0.08 ms of fixed per-step dispatch; preparation costs 38-45 ms. Fusing the
-maximum with its dot product would remove a pass and the scratch traffic (torch.compile
-of the step: 0.26 against 0.39 ms, at 20 s of compilation per process).
+Measured on the 2-core CPU this project is built on (three runs): 50 / 1 is 1.30-1.33
+(t2v) and 1.29-1.34 (v2t) with the kernel; 1.50-1.58 and 1.36-1.42 on torch ops; the
+explicit path 7.6-8.0, the naive loop ~50. Preparation costs 36-43 ms. A step at B = 32
+is about 0.23 ms: the kernel's 0.13 ms, one pass over the two [B, K, 2D] float32 blocks
+at about the speed of memory, plus about 0.06 ms of per-step dispatch (the sampler's
+few small ops, the softmax, the call). On torch ops the same step is three passes and a
+scratch block, about 0.38 ms.
 """
 
 from __future__ import annotations
