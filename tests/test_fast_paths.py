@@ -88,8 +88,9 @@ def test_folded_step_equals_explicit_step_at_every_step(direction, kw, pairs, mo
             close(den.step(x, t, folded), den.step(x, t, ctx), 1e-12)
         mixed = torch.tensor([3, 49, 0, 12])  # rows at different steps
         close(den.step(x, mixed, folded), den.step(x, mixed, ctx), 1e-12)
-        with pytest.raises(IndexError):  # beyond the table: an error, never a wrong row
-            den.step(x, torch.full((4,), 50), folded)
+        for outside in (torch.full((4,), 50), torch.full((1,), 50).expand(4), torch.full((1,), -1).expand(4)):
+            with pytest.raises(IndexError):  # beyond the table: an error, never a wrong row
+                den.step(x, outside, folded)
     # with gradients the step takes the path a GPU takes (no scratch buffer, no blocks)
     with torch.enable_grad():
         close(den.step(x, mixed, folded), den.step(x, mixed, ctx), 1e-12)

@@ -270,14 +270,14 @@ def _native_step(kernel: native.Kernel, weight, neg_u_c, ctx: DenoiserContext) -
     if any(x.dtype != torch.float32 or not x.is_contiguous() for x in tensors):
         return None
     b, k, width = dec.shape
-    if mv.shape != dec.shape or weight.shape != (b, k) or neg_u_c.shape[-1] != width:
+    if mv.shape != dec.shape or weight.shape != (b, k) or neg_u_c.shape not in ((width,), (b, width)):
         return None
     threads = max(1, min(torch.get_num_threads(), b))
     scratch = ctx.scratch.get("native_rows")
     if scratch is None or scratch.shape[0] < threads:
         scratch = ctx.scratch["native_rows"] = dec.new_empty(threads, width)
     out = torch.empty_like(weight)  # fresh: the sampler may keep every step's output
-    row_stride = width if neg_u_c.dim() == 2 and neg_u_c.shape[0] == b else 0
+    row_stride = width if neg_u_c.dim() == 2 else 0  # a row per query, or one for all
     kernel.rerank_step(b, k, width, mv.data_ptr(), dec.data_ptr(), weight.data_ptr(), neg_u_c.data_ptr(),
                        row_stride, w2.data_ptr(), b2.data_ptr(), scratch.data_ptr(), out.data_ptr(), threads)
     return out
@@ -292,6 +292,8 @@ def _cpu_step(x_t, t, ctx: DenoiserContext) -> torch.Tensor:
     b = x_t.shape[0]
     s = uniform_step(t)
     if s is not None:
+        if not 0 <= s < c["logit_table"].shape[0]:  # never a wrapped-around row
+            raise IndexError(f"step {s} is outside this context's tables (0..{c['logit_table'].shape[0] - 1})")
         logits, neg_u_c = c["logit_table"][s], c["neg_u_table"][s]  # [B,K], [2D]
     else:
         logits, neg_u_c = _logits_at(ctx, t, b), torch.index_select(c["neg_u_table"], 0, t)  # [B,2D]

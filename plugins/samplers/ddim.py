@@ -63,10 +63,11 @@ class DDIMSampler(FullSampler):
 
     def update(self, x, x0, t, *, last, generator, state):
         s = uniform_step(t)
-        if s is not None:  # one step for the whole chain: its coefficients as Python floats
+        if s is not None and 0 <= s < len(self._step_coefficients):
+            # one step for the whole chain: its coefficients as Python floats
             a_t, b_t, sigma_t = (float(v) for v in self._step_coefficients[s])
             out = torch.add(x0 * a_t, x, alpha=b_t)
-        else:  # a step per row
+        else:  # a step per row (an index outside the chain fails there, as it should)
             coef = self._coefficients(t, x)
             a_t, b_t, sigma_t = coef[:, 0], coef[:, 1], coef[:, 2]
             out = torch.addcmul(x0 * a_t, x, b_t)
