@@ -89,6 +89,24 @@ def test_fused_step_equals_the_torch_step(direction, threads, fresh_native):
 
 
 @needs_cc
+@pytest.mark.parametrize("b, k", [(1, 1), (1, 9), (3, 1)])
+def test_fused_step_at_the_smallest_shapes(b, k, fresh_native):
+    """One query or one candidate, with more threads than queries."""
+    den, ctx, x = folded_case("v2t", b=b, k=k)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fused = den.step(x, uniform(30, b), ctx)
+            with native.disabled():
+                ref = den.step(x, uniform(30, b), ctx)
+    finally:
+        torch.set_num_threads(before)
+    assert qc_sampling.native_kernel() is not None and fused.shape == (b, k)
+    assert float((fused - ref).abs().max()) <= 2e-6 * float(ref.abs().max())
+
+
+@needs_cc
 def test_fused_step_keeps_nan_like_torch(fresh_native):
     den, ctx, x = folded_case("t2v")
     ctx.tensors["dec"][2, 3, 5] = float("nan")
