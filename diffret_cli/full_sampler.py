@@ -109,7 +109,8 @@ class FullSampler(Sampler):
 
         Every row of a chain is at the same step, so both step tensors are one element
         expanded to B rows (stride 0): :func:`~diffret_cli.interfaces.uniform_step` reads
-        the step from them without a gather."""
+        the step from them without a gather. They are read-only (a write to one row would
+        change every row); a model that needs to modify ``t`` clones it."""
         b = x.shape[0]
         t = torch.full((1,), i, dtype=torch.long, device=x.device).expand(b)
         # the model sees original indices

@@ -157,7 +157,9 @@ class NoiseSchedule(ConfigurablePlugin, ABC):
 
 # --------------------------------------------------------------------------- samplers
 #: ``model_fn(x_t [B,...], t [B] int64) -> prediction`` of what the sampler's
-#: ``prediction`` attribute says ("x0" for DiffusionRet, "eps" for DITS).
+#: ``prediction`` attribute says ("x0" for DiffusionRet, "eps" for DITS). ``t`` is
+#: read-only: a full sampler passes one element expanded to B rows, so a write to one
+#: row would change them all (clone it first).
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -8,16 +8,18 @@ is required: without a compiler, on a compiler error, or with ``DIFFRET_NATIVE=0
 within float32 rounding). :func:`describe` says which one a process runs, and why.
 
 Builds are cached under ``<cache dir>/native`` (``$XDG_CACHE_HOME/diffret/native`` or
-``~/.cache/diffret/native`` on Linux). A library's file name hashes its source, the
-compiler and its version, the flags and the CPU (model and feature flags), so a cache
-shared between machines (an NFS home) never gives one machine a library built for
-another's instruction set. A build writes a temporary file and renames it: ranks that
+``~/.cache/diffret/native`` on Linux; ``DIFFRET_NATIVE_CACHE`` to choose another folder).
+A library's file name hashes its source, the compiler and its version, the flags and the
+CPU (model and feature flags), so a cache shared between machines (an NFS home) never
+gives one machine a library built for another's instruction set. A build writes a temporary file and renames it: ranks that
 start together may each build, none loads a half-written file. ``CC`` picks the compiler
-(default ``cc``, then ``gcc``, then ``clang``).
+(default ``cc``, then ``gcc``, then ``clang``); a library owned by another user is not
+loaded.
 
-OpenMP: a kernel built with ``-fopenmp`` parallelises over its outer loop with the thread
-count the caller passes (torch's, so ``--threads`` and ``OMP_NUM_THREADS`` keep their
-meaning); where OpenMP is missing the same source builds serial.
+OpenMP (Linux only): a kernel built with ``-fopenmp`` parallelises over its outer loop
+with the thread count the caller passes (torch's, so ``--threads`` and
+``OMP_NUM_THREADS`` keep their meaning); elsewhere, or where OpenMP is missing, the same
+source builds serial.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,8 @@ from diffret_cli.fileio import atomic_path
 
 #: set to 0 (or "off", "false", "no") to run torch ops everywhere
 ENV = "DIFFRET_NATIVE"
+#: a folder for the builds instead of ``<cache dir>/native``
+CACHE_ENV = "DIFFRET_NATIVE_CACHE"
 
 #: compile attempts, best first: the first that builds is used
 _ATTEMPTS: tuple[tuple[str, ...], ...] = (
@@ -94,18 +100,32 @@ def disabled() -> Iterator[None]:
 
 
 def cache_dir() -> Path:
-    return default_cache_dir() / "native"
+    """``$DIFFRET_NATIVE_CACHE``, else ``native`` in the user cache directory."""
+    override = os.environ.get(CACHE_ENV, "").strip()
+    return Path(override).expanduser() if override else default_cache_dir() / "native"
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC", "").strip()
+def _compiler() -> list[str] | None:
+    """The compiler command: ``CC`` split as a shell would (``ccache gcc`` works), else the
+    first of cc, gcc, clang on PATH."""
+    cc = shlex.split(os.environ.get("CC", ""))
     if cc:
-        return shutil.which(cc) or (cc if Path(cc).is_file() else None)
+        found = shutil.which(cc[0]) or (cc[0] if Path(cc[0]).is_file() else None)
+        return [found, *cc[1:]] if found else None
     for name in ("cc", "gcc", "clang"):
         found = shutil.which(name)
         if found:
-            return found
+            return [found]
     return None
+
+
+def _attempts() -> tuple[tuple[str, ...], ...]:
+    """Compile flags to try, best first. OpenMP only on Linux, where the kernel's GNU
+    OpenMP calls bind to the runtime torch already loaded; elsewhere a second OpenMP
+    runtime in the process can abort it (macOS: "OMP: Error #15")."""
+    if sys.platform.startswith("linux"):
+        return _ATTEMPTS
+    return tuple(flags for flags in _ATTEMPTS if "-fopenmp" not in flags)
 
 
 def _cpu_identity() -> str:
@@ -124,30 +144,37 @@ def _cpu_identity() -> str:
     return "\n".join(parts)
 
 
-def _compiler_version(cc: str) -> str:
+def _compiler_version(cc: list[str]) -> str:
     try:
-        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
         return done.stdout + done.stderr
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({exc})"
 
 
-def _build(name: str, source: str, cc: str) -> tuple[Path, tuple[str, ...]] | str:
-    """(library path, flags) of a build, cached or new; or why none could be made."""
+def _build(name: str, source: str, cc: list[str]) -> tuple[Path, tuple[str, ...]] | str:
+    """(library path, flags) of a build, cached or new; or why none could be made.
+
+    A cached build of any attempt is used before anything is compiled, so a machine where
+    the best flags fail (no OpenMP) does not retry them in every process."""
     version = _compiler_version(cc)
     cpu = _cpu_identity()
-    errors = []
-    for flags in _ATTEMPTS:
-        key = hashlib.sha256("\0".join([source, cc, version, " ".join(flags + _COMMON), cpu]).encode()).hexdigest()
-        lib = cache_dir() / f"{name}-{key[:20]}.so"
+    folder = cache_dir()
+    builds = []
+    for flags in _attempts():
+        key = hashlib.sha256("\0".join([source, " ".join(cc), version, " ".join(flags + _COMMON), cpu]).encode())
+        builds.append((flags, folder / f"{name}-{key.hexdigest()[:20]}.so"))
+    for flags, lib in builds:
         if lib.is_file():
             return lib, flags
-        src = cache_dir() / f"{name}-{key[:20]}.c"
+    errors = []
+    for flags, lib in builds:
+        src = lib.with_suffix(".c")
         try:
             with atomic_path(src) as tmp:
                 tmp.write_text(source, encoding="utf-8")
             with atomic_path(lib) as tmp:
-                done = subprocess.run([cc, *flags, *_COMMON, str(src), "-o", str(tmp)],
+                done = subprocess.run([*cc, *flags, *_COMMON, str(src), "-o", str(tmp)],
                                       capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
                 if done.returncode != 0:
                     raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
@@ -155,13 +182,44 @@ def _build(name: str, source: str, cc: str) -> tuple[Path, tuple[str, ...]] | st
             return lib, flags
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
             errors.append(f"{' '.join(flags)}: {exc}")
-    return f"{cc} could not build it ({'; '.join(errors[-2:])})"
+    return f"{' '.join(cc)} could not build it in {folder} ({'; '.join(errors[-2:])})"
+
+
+#: how shared libraries start: ELF, Mach-O (32/64-bit, both byte orders, fat), PE
+_LIBRARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                  b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe", b"MZ")
+
+
+def _open(name: str, path: Path, flags: tuple[str, ...], signatures) -> Kernel | str:
+    """The loaded kernel, or why not. A file that is not a library at all (a damaged
+    cache) is removed so that the next process rebuilds it; one that is a library but
+    does not load here (a noexec mount, a missing runtime) is left alone."""
+    try:
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+            return f"{path} belongs to another user; not loaded (set {CACHE_ENV} to a folder of your own)"
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return f"{path} could not be read ({exc})"
+    if not any(head.startswith(magic) for magic in _LIBRARY_MAGIC) or path.stat().st_size < 256:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return f"{path} is damaged (not a shared library); removed, the next run rebuilds it"
+    try:
+        lib = ctypes.CDLL(str(path))
+        for fn, (restype, argtypes) in signatures.items():
+            getattr(lib, fn).restype = restype
+            getattr(lib, fn).argtypes = argtypes
+    except (OSError, AttributeError) as exc:
+        return f"{path} could not be loaded ({exc})"
+    return Kernel(name, lib, path, flags)
 
 
 def load(name: str, source: str, signatures: dict[str, tuple[object, list]]) -> Kernel | None:
     """The library built from C ``source``, its functions typed by ``signatures``
     ({function: (restype, argtypes)}); None when native kernels are off or none can be
-    built here (:func:`describe` then says why). One build attempt per source and process."""
+    built or loaded here (:func:`describe` then says why). One attempt per source and
+    process; nothing here raises."""
     if not enabled():
         return None
     digest = hashlib.sha256(source.encode()).hexdigest()
@@ -171,26 +229,18 @@ def load(name: str, source: str, signatures: dict[str, tuple[object, list]]) -> 
     with _lock:
         if (name, digest) in _loaded:
             return _loaded[(name, digest)]
-        kernel = None
-        cc = _compiler()
-        if cc is None:
-            _why_not[name] = "no C compiler found (set CC, or install gcc or clang)"
-        else:
-            built = _build(name, source, cc)
-            if isinstance(built, str):
-                _why_not[name] = built
+        try:
+            cc = _compiler()
+            if cc is None:
+                outcome: Kernel | str = "no C compiler found (set CC, or install gcc or clang)"
             else:
-                path, flags = built
-                try:
-                    lib = ctypes.CDLL(str(path))
-                    for fn, (restype, argtypes) in signatures.items():
-                        getattr(lib, fn).restype = restype
-                        getattr(lib, fn).argtypes = argtypes
-                    kernel = Kernel(name, lib, path, flags)
-                except (OSError, AttributeError) as exc:
-                    # a damaged cache file: removed, so the next process builds it again
-                    path.unlink(missing_ok=True)
-                    _why_not[name] = f"{path} could not be loaded ({exc}); removed, the next run rebuilds it"
+                built = _build(name, source, cc)
+                outcome = built if isinstance(built, str) else _open(name, built[0], built[1], signatures)
+        except Exception as exc:  # noqa: BLE001 - an accelerator must never take the run down
+            outcome = f"{type(exc).__name__}: {exc}"
+        kernel = outcome if isinstance(outcome, Kernel) else None
+        if kernel is None:
+            _why_not[name] = str(outcome)
         _loaded[(name, digest)] = kernel
         return kernel
 

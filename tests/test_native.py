@@ -34,12 +34,12 @@ needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine:
 @pytest.fixture
 def fresh_native(tmp_path, monkeypatch):
     """A private build cache and no kernel loaded yet in this process."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path / "native"))
     monkeypatch.delenv(native.ENV, raising=False)
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "_why_not", {})
-    return tmp_path / "cache" / "diffret" / "native"
+    return tmp_path / "native"
 
 
 def folded_case(direction: str, *, b: int = 5, k: int = 7, width: int = 24, seed: int = 0):
@@ -213,14 +213,14 @@ print(native.describe("demo"))
 
 @needs_cc
 def test_a_damaged_cache_file_is_removed_and_rebuilt(fresh_native):
-    """A half-copied cache file is removed and the next process builds it again. (In a
-    new process each time: a process never loads one path twice.)"""
+    """A cache file that is not a library (a half-copied cache) is removed and the next
+    process builds it again; one that looks like a library but does not load (a noexec
+    mount, a missing runtime) is left alone and the torch ops run. (In a new process each
+    time: a process never loads one path twice.)"""
     import ctypes
 
     first = native.load("demo", SOURCE, {"answer": (ctypes.c_int, [])})
     assert first is not None
-    first.path.unlink()  # a new file: the loaded library stays mapped, as after a rebuild
-    first.path.write_bytes(b"\x7fELF not really")
     code = LOAD_IN_A_NEW_PROCESS.format(source=SOURCE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -229,11 +229,18 @@ def test_a_damaged_cache_file_is_removed_and_rebuilt(fresh_native):
         assert done.returncode == 0, done.stderr
         return done.stdout.splitlines()
 
+    first.path.unlink()  # a new file: the loaded library stays mapped, as after a rebuild
+    first.path.write_bytes(b"partial download\0" * 4)
     answer, why = new_process()
-    assert answer == "None" and "could not be loaded" in why and "the next run rebuilds it" in why
+    assert answer == "None" and "is damaged" in why and "the next run rebuilds it" in why
     assert not first.path.exists()
     answer, why = new_process()
     assert answer == "42" and why.startswith("native C kernel") and first.path.is_file()
+
+    first.path.unlink()
+    first.path.write_bytes(b"\x7fELF" + bytes(1020))  # a library's header, nothing loadable
+    answer, why = new_process()
+    assert answer == "None" and "could not be loaded" in why and first.path.is_file()
 
 
 def test_a_failing_compiler_falls_back_to_torch_and_says_why(fresh_native, tmp_path, monkeypatch):
@@ -265,8 +272,69 @@ def test_no_compiler_and_the_switch_off(fresh_native, monkeypatch):
     assert native.enabled()
 
 
-def test_compile_flags_prefer_openmp_and_native_code():
-    assert native._ATTEMPTS[0] == ("-O3", "-march=native", "-fopenmp")
-    assert native._ATTEMPTS[-1] == ("-O3",)  # any C99 compiler builds the serial kernel
-    assert os.path.basename(str(qc_sampling._KERNEL_SOURCE)) == "query_candidate_step.c"
-    assert qc_sampling._KERNEL_SOURCE.is_file()  # shipped as package data (pyproject)
+@needs_cc
+@pytest.mark.parametrize("flags", [("-O3", "-fopenmp"), ("-O3",)], ids=["openmp", "serial"])
+def test_the_openmp_and_the_serial_build_both_equal_torch(flags, fresh_native, monkeypatch):
+    """Whichever build a machine ends up with (OpenMP over queries, or serial where the
+    compiler has no OpenMP), two threads give the torch step's numbers."""
+    monkeypatch.setattr(native, "_attempts", lambda: (flags,))
+    kernel = qc_sampling.native_kernel()
+    if kernel is None and "-fopenmp" in flags:
+        pytest.skip(f"this compiler builds no OpenMP: {native.describe(qc_sampling.KERNEL_NAME)}")
+    assert kernel is not None and kernel.openmp == ("-fopenmp" in flags) and kernel.flags == flags
+    den, ctx, x = folded_case("t2v", b=9)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            fused = den.step(x, uniform(12, 9), ctx)
+            with native.disabled():
+                ref = den.step(x, uniform(12, 9), ctx)
+    finally:
+        torch.set_num_threads(before)
+    assert float((fused - ref).abs().max()) <= 2e-6 * float(ref.abs().max())
+
+
+@needs_cc
+def test_a_compiler_command_with_arguments(fresh_native, monkeypatch):
+    """CC as a shell would split it (``ccache gcc``, ``env gcc``)."""
+    import ctypes
+
+    real_cc = next(shutil.which(c) for c in ("cc", "gcc", "clang") if shutil.which(c))
+    monkeypatch.setenv("CC", f"env {real_cc}")
+    kernel = native.load("demo", SOURCE, {"answer": (ctypes.c_int, [])})
+    assert kernel is not None and kernel.answer() == 42
+
+
+def test_openmp_builds_only_where_the_runtime_is_torchs(monkeypatch):
+    monkeypatch.setattr(native.sys, "platform", "darwin")
+    assert native._attempts() and not any("-fopenmp" in f for f in native._attempts())
+    monkeypatch.setattr(native.sys, "platform", "linux")
+    assert native._attempts()[0] == ("-O3", "-march=native", "-fopenmp")
+
+
+def test_a_missing_kernel_source_runs_the_torch_ops(fresh_native, monkeypatch):
+    """An install without the .c file (package data left out) still re-ranks."""
+    monkeypatch.setattr(qc_sampling, "_KERNEL_SOURCE", fresh_native / "missing.c")
+    qc_sampling._kernel_source.cache_clear()
+    try:
+        assert qc_sampling.native_kernel() is None
+        den, ctx, x = folded_case("v2t")
+        with torch.no_grad():
+            assert torch.isfinite(den.step(x, uniform(3, 5), ctx)).all()
+    finally:
+        qc_sampling._kernel_source.cache_clear()
+
+
+@needs_cc
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="changing a file's owner needs root")
+def test_a_library_owned_by_another_user_is_not_loaded(fresh_native, monkeypatch):
+    import ctypes
+
+    sig = {"answer": (ctypes.c_int, [])}
+    kernel = native.load("demo", SOURCE, sig)
+    assert kernel is not None
+    os.chown(kernel.path, 12345, 12345)
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.load("demo", SOURCE, sig) is None
+    assert "belongs to another user" in native.describe("demo") and native.CACHE_ENV in native.describe("demo")

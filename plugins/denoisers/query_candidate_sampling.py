@@ -199,6 +199,7 @@ class _CpuBuffers:
     [B,K,2D] blocks per step cost more than the step (the allocator maps and faults in
     large blocks), and per-block views made once save the slicing calls of 50 steps."""
 
+    dec: torch.Tensor  # the context's a = W1_c p the blocks below are views of
     neg_u: torch.Tensor  # [B,1,2D]: -(W1_h h + b1) of the current step
     per_cand: torch.Tensor  # [B,K]: w2 . max(a_k, -u), before the per-query terms
     # per block of queries: (a = W1_c p [n,K,2D], -u [n,1,2D], maxima [n,K,2D], the maxima
@@ -209,7 +210,7 @@ class _CpuBuffers:
     def for_context(cls, ctx: DenoiserContext, b: int) -> "_CpuBuffers":
         dec = ctx.tensors["dec"]
         found = ctx.scratch.get("cpu_buffers")
-        if found is not None and found.per_cand.shape[0] == b and found.per_cand.dtype == dec.dtype:
+        if found is not None and found.dec is dec and found.per_cand.shape[0] == b:
             return found
         k, width = dec.shape[1], dec.shape[2]
         neg_u, per_cand = dec.new_empty(b, 1, width), dec.new_empty(b, k)
@@ -219,7 +220,7 @@ class _CpuBuffers:
             n = min(CPU_BLOCK, b - i)
             top = scratch[:n]
             blocks.append((dec[i:i + n], neg_u[i:i + n], top, top.view(n * k, width), per_cand[i:i + n].view(-1)))
-        ctx.scratch["cpu_buffers"] = found = cls(neg_u, per_cand, blocks)
+        ctx.scratch["cpu_buffers"] = found = cls(dec, neg_u, per_cand, blocks)
         return found
 
 
@@ -248,18 +249,22 @@ def step(den, x_t, t, ctx: DenoiserContext) -> torch.Tensor:
 #: the fused CPU step in C (query_candidate_step.c), built on first use; see diffret_cli.native
 KERNEL_NAME = "query_candidate_step"
 _KERNEL_SOURCE = Path(__file__).with_name("query_candidate_step.c")
-_P, _L = ctypes.c_void_p, ctypes.c_long
+_P, _L = ctypes.c_void_p, ctypes.c_int64
 _KERNEL_SIGNATURES = {"rerank_step": (None, [_L, _L, _L, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L])}
 
 
 @functools.cache
-def _kernel_source() -> str:
-    return _KERNEL_SOURCE.read_text(encoding="utf-8")
+def _kernel_source() -> str | None:
+    try:
+        return _KERNEL_SOURCE.read_text(encoding="utf-8")
+    except OSError:  # an install without its package data: the torch ops run
+        return None
 
 
 def native_kernel() -> native.Kernel | None:
     """The fused step kernel, or None where it cannot be built (or ``DIFFRET_NATIVE=0``)."""
-    return native.load(KERNEL_NAME, _kernel_source(), _KERNEL_SIGNATURES)
+    source = _kernel_source()
+    return native.load(KERNEL_NAME, source, _KERNEL_SIGNATURES) if source is not None else None
 
 
 def _native_step(kernel: native.Kernel, weight, neg_u_c, ctx: DenoiserContext) -> torch.Tensor | None:

@@ -12,31 +12,32 @@
  * row of `scratch` [threads, H]. Tensors are contiguous float32: mv, dec [B,K,H];
  * weight, out [B,K]; neg_u_c row b at neg_u_c + b * c_stride (0: one row for all). */
 #include <stddef.h>
+#include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static void one_query(long b, long K, long H, const float *mv, const float *dec, const float *weight,
-                      const float *neg_u_c, long c_stride, const float *w2, float b2, float *neg_u,
+static void one_query(int64_t b, int64_t K, int64_t H, const float *mv, const float *dec, const float *weight,
+                      const float *neg_u_c, int64_t c_stride, const float *w2, float b2, float *neg_u,
                       float *out) {
     const float *wb = weight + b * K;
     const float *cb = neg_u_c + b * c_stride;
-    for (long j = 0; j < H; ++j) neg_u[j] = cb[j];
-    for (long k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < H; ++j) neg_u[j] = cb[j];
+    for (int64_t k = 0; k < K; ++k) {
         const float wk = wb[k];
         const float *row = mv + (b * K + k) * H;
 #pragma omp simd
-        for (long j = 0; j < H; ++j) neg_u[j] -= wk * row[j];
+        for (int64_t j = 0; j < H; ++j) neg_u[j] -= wk * row[j];
     }
     float per_query = 0.0f; /* w2 . (-u) */
 #pragma omp simd reduction(+ : per_query)
-    for (long j = 0; j < H; ++j) per_query += w2[j] * neg_u[j];
+    for (int64_t j = 0; j < H; ++j) per_query += w2[j] * neg_u[j];
     per_query = b2 - per_query;
-    for (long k = 0; k < K; ++k) {
+    for (int64_t k = 0; k < K; ++k) {
         const float *row = dec + (b * K + k) * H;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (long j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < H; ++j) {
             /* max(a, -u) as torch.maximum, NaN included at no cost: a NaN in dec fails
              * the comparison and is taken; a NaN in -u reaches the output through
              * per_query anyway */
@@ -47,15 +48,15 @@ static void one_query(long b, long K, long H, const float *mv, const float *dec,
     }
 }
 
-void rerank_step(long B, long K, long H, const float *mv, const float *dec, const float *weight,
-                 const float *neg_u_c, long c_stride, const float *w2, const float *b2, float *scratch,
-                 float *out, long threads) {
+void rerank_step(int64_t B, int64_t K, int64_t H, const float *mv, const float *dec, const float *weight,
+                 const float *neg_u_c, int64_t c_stride, const float *w2, const float *b2, float *scratch,
+                 float *out, int64_t threads) {
     const float bias = *b2;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads((int)threads) schedule(static) if (threads > 1)
 #endif
-    for (long b = 0; b < B; ++b) {
-        long row = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        int64_t row = 0;
 #ifdef _OPENMP
         row = omp_get_thread_num();
 #endif
