@@ -29,9 +29,9 @@ busy machine.
     python bench/bench_ddim.py                       # CPU, and CUDA when available
     python bench/bench_ddim.py --device cpu --threads 1 --clock cpu
 
-Measured on the 2-core CPU this project is built on (three runs): 50 / 1 is 1.30-1.33
-(t2v) and 1.29-1.34 (v2t) with the kernel; 1.50-1.58 and 1.36-1.42 on torch ops; the
-explicit path 7.6-8.0, the naive loop ~50. Preparation costs 36-43 ms. A step at B = 32
+Measured on the 2-core CPU this project is built on (six runs): 50 / 1 is 1.28-1.33
+(t2v) and 1.29-1.34 (v2t) with the kernel; 1.48-1.58 and 1.36-1.44 on torch ops; the
+explicit path 7.5-8.1, the naive loop ~50. Preparation costs 36-43 ms. A step at B = 32
 is about 0.23 ms: the kernel's 0.13 ms, one pass over the two [B, K, 2D] float32 blocks
 at about the speed of memory, plus about 0.06 ms of per-step dispatch (the sampler's
 few small ops, the softmax, the call). On torch ops the same step is three passes and a
