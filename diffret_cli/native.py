@@ -76,6 +76,8 @@ class Kernel:
 
 
 _lock = threading.Lock()
+#: (name, source) -> the kernel or None; keyed by the source text itself, not a hash of
+#: it: a caller passes the same str object every step, and a str caches its own hash
 _loaded: dict[tuple[str, str], Kernel | None] = {}
 _why_not: dict[str, str] = {}
 _disabled_depth = 0
@@ -222,13 +224,12 @@ def load(name: str, source: str, signatures: dict[str, tuple[object, list]]) -> 
     process; nothing here raises."""
     if not enabled():
         return None
-    digest = hashlib.sha256(source.encode()).hexdigest()
-    found = _loaded.get((name, digest), False)
+    found = _loaded.get((name, source), False)
     if found is not False:
         return found
     with _lock:
-        if (name, digest) in _loaded:
-            return _loaded[(name, digest)]
+        if (name, source) in _loaded:
+            return _loaded[(name, source)]
         try:
             cc = _compiler()
             if cc is None:
@@ -241,7 +242,7 @@ def load(name: str, source: str, signatures: dict[str, tuple[object, list]]) -> 
         kernel = outcome if isinstance(outcome, Kernel) else None
         if kernel is None:
             _why_not[name] = str(outcome)
-        _loaded[(name, digest)] = kernel
+        _loaded[(name, source)] = kernel
         return kernel
 
 

@@ -38,8 +38,9 @@ class GalleryDenoiser(Protocol):
     ``prepare_gallery(text [N,D], video [M,T,D], video_mask [M,T], *, timesteps, pairs)``
     once per gallery and direction (``pairs``: the number of (query, candidate) pairs
     that will follow, so it can choose between per-item and per-pair work);
-    ``prepare_chunk(gallery, query_index [B], cand_index [B,K])`` per chunk (query rows index texts for "t2v", videos for "v2t"); its context goes to
-    ``step`` and must give what ``step(prepare(gathered features))`` gives."""
+    ``prepare_chunk(gallery, query_index [B], cand_index [B,K])`` per chunk (query rows
+    index texts for "t2v", videos for "v2t"); its context goes to ``step`` and must give
+    what ``step(prepare(gathered features))`` gives."""
 
     def prepare_gallery(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor, *,
                         timesteps: list[int], pairs: int | None = None) -> Any: ...

@@ -34,7 +34,6 @@ from torch import nn
 from diffret_cli.sdk import Denoiser, DenoiserContext
 from diffret_plugins.denoisers import query_candidate_indexed as indexed
 from diffret_plugins.denoisers import query_candidate_sampling as sampling
-from diffret_plugins.denoisers.query_candidate_indexed import candidate_softmax
 
 
 def sinusoidal_table(length: int, width: int) -> torch.Tensor:
@@ -131,7 +130,7 @@ class _QueryCandidateDenoiser(Denoiser):
             logits = (q * k).sum(-1)
         if self.scale_logits:
             logits = logits / math.sqrt(self.width)
-        weight = candidate_softmax(logits + x_t, candidate_mask)
+        weight = indexed.candidate_softmax(logits + x_t, candidate_mask)
         h = self.proj(torch.bmm(weight.unsqueeze(1), val).squeeze(1))
         w1_h, _, _ = self.decoder_split()
         hidden = torch.relu(dec_c + F.linear(h, w1_h).unsqueeze(1))

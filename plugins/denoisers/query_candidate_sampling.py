@@ -20,10 +20,12 @@ elementwise maximum over [K,2D] with its dot with the last layer, per query (the
 folded into the maximum, see :func:`step`). On CPU without gradients that remainder
 runs as one C loop per query (``query_candidate_step.c``, built by
 :mod:`diffret_cli.native`), which reads ``mv`` and ``dec`` once per step; with torch ops
-it is three passes and a scratch block, which stays as the fallback and the GPU path. Candidate-only work (v2t: the
-texts' projections) is done once per gallery item, not once per (query, candidate); for
-t2v, when more (query, candidate) pairs will follow than the gallery has frames, each
-frame is projected once and the projections pooled per pair (pooling is linear).
+it is three passes and a scratch block, which stays as the fallback and the GPU path.
+
+Candidate-only work (v2t: the texts' projections) is done once per gallery item, not
+once per (query, candidate); for t2v, when more (query, candidate) pairs will follow
+than the gallery has frames, each frame is projected once and the projections pooled
+per pair (pooling is linear).
 """
 
 from __future__ import annotations
