@@ -118,10 +118,11 @@ class Denoiser(nn.Module, ConfigurablePlugin, ABC):
 
     direction: ClassVar[str]
     width: int
-    #: True when ``forward`` (and ``forward_indexed``, if the denoiser has it) take
-    #: ``candidate_mask`` [B,K] bool: slots that are False take no part in any softmax over
-    #: the candidates, as if the row had only its True slots. Training passes it for the
-    #: rows that exclusive hard negatives pad (``stage2.hard_negatives: exclusive``).
+    #: True when the denoiser honours ``candidate_mask`` [B,K] bool: slots that are False
+    #: take no part in any softmax over the candidates, as if the row had only its True
+    #: slots. ``forward`` hands it to ``step`` as ``ctx.tensors["candidate_mask"]``
+    #: (``forward_indexed``, if the denoiser has it, takes it as a keyword). Training passes
+    #: it for the rows that exclusive hard negatives pad (``stage2.hard_negatives: exclusive``).
     masks_candidates: ClassVar[bool] = False
 
     @abstractmethod
@@ -133,8 +134,14 @@ class Denoiser(nn.Module, ConfigurablePlugin, ABC):
         ...
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
-                video_mask: torch.Tensor) -> torch.Tensor:
-        return self.step(x_t, t, self.prepare(text, video, video_mask))
+                video_mask: torch.Tensor, candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = self.prepare(text, video, video_mask)
+        if candidate_mask is not None:
+            if not self.masks_candidates:
+                raise ValueError(f"{type(self).__name__} does not take candidate_mask (its masks_candidates "
+                                 f"is False): it would attend to the masked slots anyway")
+            ctx.tensors["candidate_mask"] = candidate_mask
+        return self.step(x_t, t, ctx)
 
     def fuse(self, base: torch.Tensor, sample: torch.Tensor, ctx: DenoiserContext, *,
              alpha: float = 1.0, tau: float = 1.0) -> torch.Tensor:

@@ -275,6 +275,47 @@ def test_masked_candidates_take_no_part_in_the_attention(direction):
     assert float(losses[0].detach()) == pytest.approx(float(losses[1].detach()), rel=1e-12)
 
 
+
+def test_a_denoiser_that_does_not_mask_candidates_refuses_the_mask_and_trains_without_it():
+    """The shared ``Denoiser.forward`` hands ``candidate_mask`` to ``step`` only for a
+    denoiser that declares ``masks_candidates``; another one would attend to the padding
+    anyway, so it refuses the mask, and the loss calls it without one (masking the loss only)."""
+    from diffret_cli.sdk import Denoiser, DenoiserContext
+
+    class MeanOfCandidates(Denoiser):  # a third-party denoiser written before masks existed
+        direction, width = "t2v", 4
+
+        def prepare(self, text, video, video_mask):
+            return DenoiserContext(tensors={"pooled": video.mean(dim=(2, 3))})  # [B,K]
+
+        def step(self, x_t, t, ctx):
+            assert "candidate_mask" not in ctx.tensors
+            return x_t + ctx.tensors["pooled"]
+
+    den = MeanOfCandidates()
+    g = torch.Generator().manual_seed(0)
+    text, video = torch.randn(3, 4, generator=g), torch.randn(3, 5, 2, 4, generator=g)
+    vmask, x, t = torch.ones(3, 5, 2), torch.randn(3, 5, generator=g), torch.tensor([1, 2, 3])
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    valid[0, 3:] = False
+    with pytest.raises(ValueError, match="MeanOfCandidates does not take candidate_mask"):
+        den(x, t, text, video, vmask, candidate_mask=valid)
+    close(den(x, t, text, video, vmask), x + video.mean(dim=(2, 3)), 0.0)
+    coef = DiffusionCoefficients.from_betas(create("schedules", "cosine", num_steps=50).betas())
+    noise = torch.randn(3, 5, generator=g)
+    loss, x0_hat = generation_loss(den, coef, text=text, video=video, video_mask=vmask, t=t, noise=noise,
+                                   temp=1.0, candidate_mask=valid)
+    from diffret_cli.losses import generation_loss_from_output, one_hot_target
+
+    x0 = one_hot_target(3, 5, device=noise.device)
+    expected = den(coef.q_sample(x0, t, noise), t, text, video, vmask)
+    close(x0_hat, expected, 0.0)
+    ref = generation_loss_from_output(expected, x0, kind="kl", temp=1.0, candidate_mask=valid)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert float(loss) != pytest.approx(float(generation_loss_from_output(expected, x0, kind="kl", temp=1.0)),
+                                        rel=1e-3)  # the mask reached the loss
+
+
 # ---------------------------------------------------------------------- similarity
 def similarity_case(seed=0, words=9, frames=4):
     g = torch.Generator().manual_seed(seed)

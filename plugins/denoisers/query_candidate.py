@@ -106,15 +106,6 @@ class _QueryCandidateDenoiser(Denoiser):
         w1 = self.decoder[0].weight
         return w1[:, : self.width], w1[:, self.width:], self.decoder[0].bias
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, video: torch.Tensor,
-                video_mask: torch.Tensor, candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``step(prepare(...))``; ``candidate_mask`` [B,K] bool leaves the False slots out of
-        Eq. 5's softmax (padding slots of a training row)."""
-        ctx = self.prepare(text, video, video_mask)
-        if candidate_mask is not None:
-            ctx.tensors["candidate_mask"] = candidate_mask
-        return self.step(x_t, t, ctx)
-
     def _finish(self, x_t, cond, q, k_c, v_c, dec_c, candidate_mask=None) -> torch.Tensor:
         """Eq. 5-6 and the decoder, given step-invariant parts of the candidates.
 
@@ -164,7 +155,7 @@ class _QueryCandidateDenoiser(Denoiser):
         on the gathered features (t2v: ``text[query_index]``, ``video[cand_index]``; v2t:
         ``text[cand_index]``, ``video[query_index]``) in value and gradient, within float32
         rounding, but projects each unique frame/text once instead of B x K times.
-        ``candidate_mask``: as in :meth:`forward`."""
+        ``candidate_mask``: see :attr:`Denoiser.masks_candidates`."""
         fn = indexed.forward_t2v if self.direction == "t2v" else indexed.forward_v2t
         return fn(self, x_t, t, text=text, video=video, video_mask=video_mask, query_index=query_index,
                   cand_index=cand_index, candidate_mask=candidate_mask)
