@@ -197,7 +197,7 @@ def bench_direction(direction: str, *, device: str, b: int, k: int, t: int, d: i
     tm = dict(device=device, clock=clock)
     row = {"direction": direction, "device": device, "clock": clock,
            "step_diff": step_diff, "sample_diff": sample_diff,
-           "step": native.describe(qc_sampling.KERNEL_NAME) if device == "cpu" else "torch ops"}
+           "step": qc_sampling.describe_step(device)}
     row.update(timed({"fast50_ms": folded_all, "fast1_ms": folded_one,
                       "torchops50_ms": torch_ops(folded_all), "torchops1_ms": torch_ops(folded_one),
                       "explicit50_ms": explicit_all, "explicit1_ms": explicit_one}, repeats=repeats, **tm))

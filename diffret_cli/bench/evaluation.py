@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffret_cli import native
 from diffret_cli.bench.synthetic import OFFICIAL, CachedFeatures, official_shape_features
 from diffret_cli.bench.timing import PeakMemory, PhaseTimer, environment, resolve_device
 from diffret_cli.model.similarity import TokenWiseSimilarity, wti_scores
@@ -102,5 +101,4 @@ def bench_eval(*, gallery: int = 1000, topk: int = 32, steps: int = SCHEDULE_STE
             "width": width, **timer.as_dict(), "peak_memory_mb": round(mem.megabytes, 1),
             "memory_kind": mem.kind, "environment": environment(dev),
             # the CPU re-ranking step: the fused C kernel, or torch ops and why
-            "rerank_step": ("none (no re-ranking)" if not diffusion
-                            else native.describe(qc_sampling.KERNEL_NAME) if dev.type == "cpu" else "torch ops")}
+            "rerank_step": qc_sampling.describe_step(dev) if diffusion else "none (no re-ranking)"}

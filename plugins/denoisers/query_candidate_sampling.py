@@ -269,6 +269,12 @@ def native_kernel() -> native.Kernel | None:
     return native.load(KERNEL_NAME, source, _KERNEL_SIGNATURES) if source is not None else None
 
 
+def describe_step(device: str | torch.device) -> str:
+    """One line for reports: what runs the re-ranking step on ``device`` in this process
+    (the C kernel, or torch ops and why; always torch ops off the CPU)."""
+    return native.describe(KERNEL_NAME) if torch.device(device).type == "cpu" else "torch ops"
+
+
 def _native_step(kernel: native.Kernel, weight, neg_u_c, ctx: DenoiserContext) -> torch.Tensor | None:
     """The kernel's step, or None if a tensor is not the contiguous float32 it reads."""
     c = ctx.tensors
